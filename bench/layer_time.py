@@ -1,0 +1,121 @@
+"""Micro-benchmark: forward + backward of one structured matrix vs a dense matmul and LoRA r=8.
+
+Every variant runs y = S(x), loss = (y * g).sum(), loss.backward() on an input x (rows, in)
+that requires grad, as inside a network. Variants are interleaved round-robin so drift in the
+machine's speed hits all of them alike; the table shows the median over ``--repeats``.
+
+    python bench/layer_time.py --shapes 768x768 768x3072 --rows 1024 --output bench/layer_time.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from surm_nlp.structures import STRUCTURES, make_structure
+
+OPTIONS = {"ldr": {"rank": 1}, "lowrank": {"rank": 8}}
+
+
+class Dense(torch.nn.Module):
+    """The dense baseline: a full (out, in) trainable matrix."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(out_features, in_features) / in_features**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+def variants(in_features: int, out_features: int, structures: list[str]) -> dict[str, torch.nn.Module]:
+    built: dict[str, torch.nn.Module] = {"dense": Dense(in_features, out_features)}
+    for name in structures:
+        options = OPTIONS.get(name, {})
+        label = f"{name} r={options['rank']}" if "rank" in options else name
+        built[label] = make_structure(name, in_features, out_features, **options)
+    return built
+
+
+def step(module: torch.nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> float:
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    start = time.perf_counter()
+    (module(x) * upstream).sum().backward()
+    return time.perf_counter() - start
+
+
+def bench_shape(shape: tuple[int, int], rows: int, repeats: int, warmup: int, structures: list[str]) -> list[dict]:
+    in_features, out_features = shape
+    modules = variants(in_features, out_features, structures)
+    x = torch.randn(rows, in_features, requires_grad=True)
+    upstream = torch.randn(rows, out_features)
+    times: dict[str, list[float]] = {label: [] for label in modules}
+    for i in range(warmup + repeats):
+        for label, module in modules.items():
+            elapsed = step(module, x, upstream)
+            if i >= warmup:
+                times[label].append(elapsed)
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    lora = next(label for label in modules if label.startswith("lowrank"))
+    return [
+        {
+            "shape": f"{in_features}x{out_features}",
+            "variant": label,
+            "num_params": sum(p.numel() for p in module.parameters()),
+            "median_ms": 1e3 * medians[label],
+            "vs_dense": medians[label] / medians["dense"],
+            "vs_lowrank_r8": medians[label] / medians[lora],
+        }
+        for label, module in modules.items()
+    ]
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    in_features, out_features = (int(v) for v in text.lower().split("x"))
+    return in_features, out_features
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--shapes", type=parse_shape, nargs="+", default=[(768, 768), (768, 3072)], help="in x out, e.g. 768x3072"
+    )
+    parser.add_argument("--rows", type=int, default=1024, help="rows of the input x")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
+    parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    rows = [
+        row
+        for shape in args.shapes
+        for row in bench_shape(shape, args.rows, args.repeats, args.warmup, args.structures)
+    ]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"{'shape':<10} {'variant':<20} {'params':>9} {'ms':>8} {'/dense':>7} {'/LoRA8':>7}")
+    for r in rows:
+        print(
+            f"{r['shape']:<10} {r['variant']:<20} {r['num_params']:>9} {r['median_ms']:>8.2f} "
+            f"{r['vs_dense']:>7.2f} {r['vs_lowrank_r8']:>7.2f}"
+        )
+    if args.output:
+        meta = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "rows_of_x": args.rows,
+            "repeats": args.repeats,
+        }
+        args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

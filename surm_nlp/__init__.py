@@ -1,0 +1,11 @@
+"""surm-nlp: parameter-efficient fine-tuning with Structured Unrestricted-Rank Matrices (SURM).
+
+Sehanobish et al., "Structured Unrestricted-Rank Matrices for Parameter Efficient
+Fine-tuning", NeurIPS 2024 (arXiv:2406.17740).
+"""
+
+from .structures import STRUCTURES, StructuredMatrix, make_structure
+
+__version__ = "0.1.0"
+
+__all__ = ["STRUCTURES", "StructuredMatrix", "__version__", "make_structure"]

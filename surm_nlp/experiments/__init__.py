@@ -1,0 +1,1 @@
+"""Reproducible experiments from the SURM paper."""

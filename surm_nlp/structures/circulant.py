@@ -1,0 +1,42 @@
+"""Circulant matrices: W = C(c)[:m, :n], W[i, j] = c[(i − j) mod N], N = max(m, n).
+
+Parameters: N = max(in_features, out_features). Mat-vec by real FFT of length N,
+O(N log N) per row of x. A square circulant is full rank unless a DFT coefficient of c vanishes.
+Rectangular shapes use the top-left (m, n) block of the N × N circulant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import IndexedStructuredMatrix
+from .fft import circular_convolve
+
+
+class Circulant(IndexedStructuredMatrix):
+    """W[i, j] = c[(i − j) mod N]; c has N = max(m, n) entries."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.size = max(in_features, out_features)
+        self.weight = nn.Parameter(torch.empty(self.size))
+        self.reset_parameters()
+
+    def reset_parameters(self, zero_init: bool = False) -> None:
+        if zero_init:
+            nn.init.zeros_(self.weight)
+        else:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
+
+    def _index(self) -> torch.Tensor:
+        rows = torch.arange(self.out_features)[:, None]
+        cols = torch.arange(self.in_features)[None, :]
+        return (rows - cols) % self.size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = circular_convolve(self.weight, x, self.size)
+        return y[..., : self.out_features].to(x.dtype)

@@ -1,0 +1,79 @@
+"""Kronecker products W = A ⊗ B, A (m₁ × n₁), B (m₂ × n₂), m = m₁m₂, n = n₁n₂.
+
+Parameters: m₁n₁ + m₂n₂. rank(A ⊗ B) = rank(A)·rank(B), so W can be full rank.
+Mat-vec without building W: with X = x reshaped to (n₁, n₂), W x = vec(A X Bᵀ),
+O(m₁n₁n₂ + m₁n₂m₂) per row of x instead of O(mn).
+
+Factor shapes: by default each dimension d is split as d = f·(d / f) with f the largest divisor
+of d not above √d (768 = 24·32, 3072 = 48·64), giving A (f_m × f_n) and B (m/f_m × n/f_n).
+Pass ``factors=(m₁, n₁)`` to choose A's shape; both must divide (m, n). A prime dimension
+gets f = 1, so that side of W is dense.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import StructuredMatrix
+
+
+def balanced_divisor(d: int) -> int:
+    """Largest divisor of d that is ≤ √d."""
+    return max(f for f in range(1, math.isqrt(d) + 1) if d % f == 0)
+
+
+class Kronecker(StructuredMatrix):
+    """W = A ⊗ B; ``factors=(m₁, n₁)`` is A's shape (default: balanced divisors)."""
+
+    def __init__(self, in_features: int, out_features: int, factors: tuple[int, int] | None = None) -> None:
+        super().__init__(in_features, out_features)
+        if factors is None:
+            factors = (balanced_divisor(out_features), balanced_divisor(in_features))
+        m1, n1 = factors
+        if not (isinstance(m1, int) and isinstance(n1, int) and m1 > 0 and n1 > 0) or (
+            out_features % m1 or in_features % n1
+        ):
+            raise ValueError(
+                f"Kronecker factors={factors!r} must be positive integers (m1, n1) with m1 dividing "
+                f"out_features={out_features} and n1 dividing in_features={in_features}; "
+                "leave factors=None to choose them automatically"
+            )
+        self.factors = (m1, n1)
+        self.weight_a = nn.Parameter(torch.empty(m1, n1))
+        self.weight_b = nn.Parameter(torch.empty(out_features // m1, in_features // n1))
+        self.reset_parameters()
+
+    def reset_parameters(self, zero_init: bool = False) -> None:
+        # Var(a·b) = Var(a)·Var(b) = 1/(3n) with equal stds.
+        std = (3 * self.in_features) ** -0.25
+        nn.init.normal_(self.weight_a, std=std)
+        if zero_init:
+            nn.init.zeros_(self.weight_b)
+        else:
+            nn.init.normal_(self.weight_b, std=std)
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.kron(self.weight_a, self.weight_b)
+
+    @torch.no_grad()
+    def fit_(self, target: torch.Tensor) -> Kronecker:
+        """Nearest Kronecker product (Van Loan–Pitsianis): best rank-1 fit of the rearranged target."""
+        self._check_target(target)
+        (m1, n1), (m2, n2) = self.weight_a.shape, self.weight_b.shape
+        rearranged = target.to(self.weight_a).reshape(m1, m2, n1, n2).permute(0, 2, 1, 3)
+        u, s, vh = torch.linalg.svd(rearranged.reshape(m1 * n1, m2 * n2), full_matrices=False)
+        self.weight_a.copy_((u[:, 0] * s[0].sqrt()).reshape(m1, n1))
+        self.weight_b.copy_((vh[0] * s[0].sqrt()).reshape(m2, n2))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.weight_a, self.weight_b
+        x_matrix = x.to(a.dtype).reshape(*x.shape[:-1], a.shape[1], b.shape[1])
+        y = torch.matmul(torch.matmul(a, x_matrix), b.T)  # A X Bᵀ, (..., m₁, m₂)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, a={tuple(self.weight_a.shape)}, b={tuple(self.weight_b.shape)}"

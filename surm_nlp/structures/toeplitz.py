@@ -1,0 +1,69 @@
+"""Toeplitz and symmetric Toeplitz matrices (m × n), mat-vec by a zero-padded FFT.
+
+Toeplitz: W[i, j] = t[i − j + n − 1], t has m + n − 1 entries (every diagonal free).
+Symmetric Toeplitz: W[i, j] = s[|i − j|], s has max(m, n) entries.
+
+Both are the exact (m, n) shape, no truncation. W x is the middle of the linear convolution
+t * x: a circular convolution of any length L ≥ m + n − 1 wraps only entries that are dropped,
+so L is rounded up to a fast FFT size (2^a·3^b·5^c), O(L log L) per row of x.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import IndexedStructuredMatrix
+from .fft import circular_convolve, fast_fft_size
+
+
+class Toeplitz(IndexedStructuredMatrix):
+    """W[i, j] = t[i − j + n − 1]; t has m + n − 1 entries (first column reversed + first row)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.fft_size = fast_fft_size(in_features + out_features - 1)
+        self.weight = nn.Parameter(torch.empty(self._num_diagonal_values()))
+        self.reset_parameters()
+
+    def _num_diagonal_values(self) -> int:
+        return self.in_features + self.out_features - 1
+
+    def reset_parameters(self, zero_init: bool = False) -> None:
+        if zero_init:
+            nn.init.zeros_(self.weight)
+        else:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
+
+    def _offsets(self) -> torch.Tensor:
+        """i − j for every entry, shape (m, n)."""
+        return torch.arange(self.out_features)[:, None] - torch.arange(self.in_features)[None, :]
+
+    def _index(self) -> torch.Tensor:
+        return self._offsets() + self.in_features - 1
+
+    def diagonals(self) -> torch.Tensor:
+        """t: value of the diagonal i − j = d at position d + n − 1, d = −(n − 1) … m − 1."""
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = circular_convolve(self.diagonals(), x, self.fft_size)
+        start = self.in_features - 1
+        return y[..., start : start + self.out_features].to(x.dtype)
+
+
+class SymmetricToeplitz(Toeplitz):
+    """W[i, j] = s[|i − j|]; s has max(m, n) entries. Square instances are symmetric matrices."""
+
+    def _num_diagonal_values(self) -> int:
+        return max(self.in_features, self.out_features)
+
+    def _index(self) -> torch.Tensor:
+        return self._offsets().abs()
+
+    def diagonals(self) -> torch.Tensor:
+        offsets = torch.arange(1 - self.in_features, self.out_features, device=self.weight.device)
+        return self.weight[offsets.abs()]

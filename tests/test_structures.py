@@ -1,0 +1,271 @@
+"""Structured matrices against independent float64 dense references (forward, gradients, structure)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from surm_nlp import STRUCTURES, make_structure
+from surm_nlp.structures import STRUCTURE_CLASSES, gradient_fit_, structure_options
+from surm_nlp.structures.fft import fast_fft_size, skew_circular_convolve
+
+# (in_features, out_features): square (even, odd), wide, tall, and degenerate vectors.
+SHAPES = [(8, 8), (7, 7), (5, 12), (12, 5), (16, 48), (48, 16), (1, 6), (6, 1)]
+OPTIONS = {"ldr": {"rank": 2}, "lowrank": {"rank": 3}}
+
+
+def shift_matrix(size: int, f: float) -> torch.Tensor:
+    """Z_f: ones on the sub-diagonal, f in the top-right corner."""
+    z = torch.zeros(size, size, dtype=torch.float64)
+    z[1:, :-1] = torch.eye(size - 1, dtype=torch.float64)
+    z[0, -1] = f
+    return z
+
+
+def f_circulant(v: torch.Tensor, f: float) -> torch.Tensor:
+    """Z_f(v) = Σₖ vₖ Z_fᵏ, built from matrix powers (independent of the FFT code)."""
+    z = shift_matrix(v.numel(), f)
+    return sum(v[k] * torch.linalg.matrix_power(z, k) for k in range(v.numel()))
+
+
+def reference_dense(s: torch.nn.Module) -> torch.Tensor:
+    """W from the definition of each structure, differentiable in the parameters."""
+    m, n = s.out_features, s.in_features
+    name = type(s).__name__
+    if name == "Circulant":
+        full = torch.stack([torch.roll(s.weight, j) for j in range(s.size)], dim=1)
+        return full[:m, :n]
+    if name == "Toeplitz":
+        return torch.stack([torch.stack([s.weight[i - j + n - 1] for j in range(n)]) for i in range(m)])
+    if name == "SymmetricToeplitz":
+        return torch.stack([torch.stack([s.weight[abs(i - j)] for j in range(n)]) for i in range(m)])
+    if name == "Kronecker":
+        a, b = s.weight_a, s.weight_b
+        rows = [
+            torch.stack([a[i1, j1] * b[i2, j2] for j1 in range(a.shape[1]) for j2 in range(b.shape[1])])
+            for i1 in range(a.shape[0])
+            for i2 in range(b.shape[0])
+        ]
+        return torch.stack(rows)
+    if name == "LowDisplacementRank":
+        full = sum(f_circulant(g, 1.0) @ f_circulant(h, -1.0) for g, h in zip(s.weight_g, s.weight_h, strict=True))
+        return full[:m, :n]
+    if name == "LowRank":
+        return s.weight_b @ s.weight_a
+    raise AssertionError(name)
+
+
+def build(name: str, in_features: int, out_features: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return make_structure(name, in_features, out_features, **OPTIONS.get(name, {})).double()
+
+
+CASES = list(itertools.product(STRUCTURES, SHAPES))
+
+
+def test_public_names():
+    assert STRUCTURES == ("circulant", "toeplitz", "symmetric_toeplitz", "kronecker", "ldr", "lowrank")
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES, ids=[f"{n}-{i}x{o}" for n, (i, o) in CASES])
+def test_forward_and_dense_match_reference(name, shape):
+    in_features, out_features = shape
+    s = build(name, in_features, out_features)
+    reference = reference_dense(s)
+    assert reference.shape == (out_features, in_features)
+    torch.testing.assert_close(s.to_dense(), reference, rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 3, in_features, dtype=torch.float64)
+    y = s(x)
+    assert y.shape == (2, 3, out_features) and y.dtype == torch.float64
+    torch.testing.assert_close(y, x @ reference.T, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES, ids=[f"{n}-{i}x{o}" for n, (i, o) in CASES])
+def test_gradients_match_reference(name, shape):
+    in_features, out_features = shape
+    s = build(name, in_features, out_features, seed=1)
+    x = torch.randn(4, in_features, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, out_features, dtype=torch.float64)
+
+    (s(x) * upstream).sum().backward()
+    fast = [p.grad.clone() for p in s.parameters()] + [x.grad.clone()]
+    s.zero_grad()
+    x.grad = None
+    ((x @ reference_dense(s).T) * upstream).sum().backward()
+    exact = [p.grad for p in s.parameters()] + [x.grad]
+    for got, want in zip(fast, exact, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+    weights = torch.randn(out_features, in_features, dtype=torch.float64)
+    s.zero_grad()
+    (s.to_dense() * weights).sum().backward()
+    fast = [p.grad.clone() for p in s.parameters()]
+    s.zero_grad()
+    (reference_dense(s) * weights).sum().backward()
+    for got, want in zip(fast, [p.grad for p in s.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        assert got.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_num_parameters(name):
+    m, n = 12, 5
+    expected = {
+        "circulant": 12,
+        "toeplitz": m + n - 1,
+        "symmetric_toeplitz": 12,
+        "kronecker": 3 * 1 + 4 * 5,  # A 3×1 (balanced divisors of 12 and 5), B 4×5
+        "ldr": 2 * 2 * 12,
+        "lowrank": 3 * (m + n),
+    }[name]
+    s = build(name, n, m)
+    assert s.num_parameters == expected == sum(p.numel() for p in s.parameters())
+
+
+def test_structural_properties():
+    n = 9
+    w = build("circulant", n, n).to_dense()
+    for i in range(n):
+        torch.testing.assert_close(w[(i + 1) % n], torch.roll(w[i], 1))
+
+    for name in ("toeplitz", "symmetric_toeplitz"):
+        w = build(name, 6, 10).to_dense()  # rectangular: constant along every diagonal
+        torch.testing.assert_close(w[1:, 1:], w[:-1, :-1])
+    w = build("symmetric_toeplitz", n, n).to_dense()
+    torch.testing.assert_close(w, w.T)
+
+    s = build("kronecker", 12, 8)
+    (m1, n1), (m2, n2) = s.weight_a.shape, s.weight_b.shape
+    rearranged = s.to_dense().reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+    assert torch.linalg.matrix_rank(rearranged) == 1
+    torch.testing.assert_close(s.to_dense(), torch.from_numpy(np.kron(s.weight_a.detach(), s.weight_b.detach())))
+
+    for rank in (1, 2, 3):
+        torch.manual_seed(rank)
+        w = make_structure("ldr", 16, 16, rank=rank).double().to_dense().detach()
+        displacement = shift_matrix(16, 1.0) @ w - w @ shift_matrix(16, -1.0)
+        assert torch.linalg.matrix_rank(displacement) == rank
+        assert torch.linalg.matrix_rank(w) == 16
+
+    assert torch.linalg.matrix_rank(build("lowrank", 16, 16).to_dense().detach()) == 3
+
+
+@pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "kronecker", "ldr"])
+def test_structured_matrices_can_be_full_rank(name):
+    for in_features, out_features in [(16, 16), (12, 20), (20, 12)]:
+        w = build(name, in_features, out_features).to_dense().detach()
+        assert torch.linalg.matrix_rank(w) == min(in_features, out_features)
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_zero_init_gives_zero_matrix_with_nonzero_gradient(name):
+    s = build(name, 10, 6)
+    s.reset_parameters(zero_init=True)
+    assert torch.count_nonzero(s.to_dense()) == 0
+    x = torch.randn(5, 10, dtype=torch.float64)
+    (s(x) * torch.randn(5, 6, dtype=torch.float64)).sum().backward()
+    assert any(p.grad.abs().sum() > 0 for p in s.parameters())
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("param_dtype", [torch.float32, "input"])
+def test_half_precision_inputs(name, dtype, param_dtype):
+    torch.manual_seed(0)
+    s = make_structure(name, 24, 40, **OPTIONS.get(name, {}))
+    s.to(dtype if param_dtype == "input" else param_dtype)
+    x = torch.randn(3, 24).to(dtype)
+    y = s(x)
+    assert y.dtype == dtype and y.shape == (3, 40)
+    exact = x.double() @ s.to_dense().double().T
+    # One rounding to the half type on output (plus half-precision matmul for the matmul structures).
+    tolerance = {torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    assert (y.double() - exact).abs().max() <= tolerance * exact.abs().max()
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in s.parameters())
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_fit_is_least_squares(name):
+    torch.manual_seed(3)
+    target = torch.randn(12, 8, dtype=torch.float64)
+    s = build(name, 8, 12).fit_(target)
+    error = (s.to_dense() - target).norm()
+    # No parameter change lowers the error: the fit is a stationary point ...
+    s.zero_grad()
+    (s.to_dense() - target).pow(2).sum().backward()
+    if name != "ldr":  # ldr is fitted by Adam, not exactly
+        assert max(p.grad.abs().max() for p in s.parameters()) < 1e-8
+    # ... and gradient descent from a fresh random start does not beat it.
+    descended = gradient_fit_(build(name, 8, 12, seed=4), target, steps=3000, lr=1e-2)
+    assert error <= (descended.to_dense() - target).norm() + 1e-3
+    if name == "lowrank":  # Eckart–Young: the error is the tail of the spectrum
+        tail = torch.linalg.svdvals(target)[3:]
+        torch.testing.assert_close(error, tail.norm())
+
+
+def test_fit_rejects_wrong_shape():
+    with pytest.raises(ValueError, match=r"expected \(out_features, in_features\) = \(12, 8\)"):
+        build("circulant", 8, 12).fit_(torch.zeros(8, 12))
+
+
+def test_fast_fft_size():
+    def smooth(k: int) -> bool:
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        return k == 1
+
+    for n in range(1, 2000):
+        size = fast_fft_size(n)
+        assert size >= n and smooth(size)
+        assert not any(smooth(k) for k in range(n, size))
+
+
+def test_skew_circular_convolve():
+    torch.manual_seed(0)
+    h, x = torch.randn(2, 7, dtype=torch.float64), torch.randn(5, 1, 7, dtype=torch.float64)
+    want = torch.stack([x[:, 0] @ f_circulant(row, -1.0).T for row in h], dim=1)
+    torch.testing.assert_close(skew_circular_convolve(h, x), want)
+
+
+def test_kronecker_factors():
+    s = make_structure("kronecker", 768, 3072)
+    assert s.weight_a.shape == (48, 24) and s.weight_b.shape == (64, 32)
+    s = make_structure("kronecker", 768, 768, factors=(2, 3))
+    assert s.weight_a.shape == (2, 3) and s.weight_b.shape == (384, 256)
+
+
+def test_api_examples_from_the_docs():
+    x = torch.randn(2, 768)
+    assert make_structure("toeplitz", in_features=768, out_features=3072)(x).shape == (2, 3072)
+    assert make_structure("ldr", in_features=768, out_features=768, rank=2).num_parameters == 2 * 2 * 768
+    assert make_structure("lowrank", in_features=768, out_features=768, rank=8).num_parameters == 8 * 1536
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: make_structure("butterfly", 8, 8), "choose one of circulant, toeplitz, symmetric_toeplitz"),
+        (lambda: make_structure("ldr", 8, 8, rank=0), "rank must be a positive integer"),
+        (lambda: make_structure("lowrank", 8, 8, rank=-2), "rank must be a positive integer"),
+        (lambda: make_structure("lowrank", 8, 8, rank=2.5), "rank must be a positive integer"),
+        (lambda: make_structure("kronecker", 8, 12, factors=(5, 2)), "m1 dividing out_features=12"),
+        (lambda: make_structure("kronecker", 8, 12, factors=(0, 2)), "leave factors=None"),
+        (lambda: make_structure("circulant", 8, 8, rank=2), "its options are: none"),
+        (lambda: make_structure("toeplitz", 0, 8), "in_features must be a positive integer"),
+    ],
+)
+def test_bad_input_raises_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_structure_options():
+    assert structure_options("ldr") == ("rank",)
+    assert structure_options("kronecker") == ("factors",)
+    assert structure_options("circulant") == ()
+    assert set(STRUCTURE_CLASSES) == set(STRUCTURES)
