@@ -1,0 +1,116 @@
+"""The SURM-LoRA layer: y = W₀x + b + α·S(dropout(x)) around a frozen linear layer."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.utils.other import transpose
+from peft.utils.quantization_utils import quantization_extra_repr, resolve_quantization_backend
+from torch import nn
+
+from ..structures import make_structure
+from .config import SurmConfig
+
+
+class SurmLayer(BaseTunerLayer):
+    """Adapter state of one targeted layer: a structured matrix S, α and dropout per adapter."""
+
+    adapter_layer_names = ("surm_matrix",)
+    other_param_names = ("surm_dropout", "scaling")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.quantization_backend = resolve_quantization_backend(
+            self.get_base_layer(), get_apply_tensor_subclass=kwargs.get("get_apply_tensor_subclass")
+        )
+        self.surm_matrix = nn.ModuleDict({})
+        self.surm_dropout = nn.ModuleDict({})
+        self.scaling: dict[str, float] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        in_features, out_features = _get_in_out_features(self.get_base_layer())
+        if in_features is None or out_features is None:
+            raise TypeError(f"Unsupported layer type {type(self.get_base_layer())}")
+        self.in_features, self.out_features = in_features, out_features
+        self.kwargs = kwargs
+
+    def update_layer(self, adapter_name: str, config: SurmConfig) -> None:
+        matrix = make_structure(config.structure, self.in_features, self.out_features, **config.structure_kwargs())
+        if any(p.device.type != "meta" for p in matrix.parameters()):  # meta: low_cpu_mem_usage, filled on load
+            matrix.reset_parameters(zero_init=config.init_weights)
+        self.surm_matrix[adapter_name] = matrix
+        self.surm_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.scaling[adapter_name] = config.alpha
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """α·S as a dense tensor in the base weight's layout ((in, out) when fan_in_fan_out)."""
+        delta = self.surm_matrix[adapter].to_dense() * self.scaling[adapter]
+        return transpose(delta, self.fan_in_fan_out)
+
+
+class Linear(nn.Module, SurmLayer):
+    """SURM-LoRA around ``nn.Linear``, transformers' ``Conv1D`` or a quantized linear layer."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: SurmConfig,
+        is_target_conv_1d_layer: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        SurmLayer.__init__(self, base_layer, **kwargs)
+        self.fan_in_fan_out = config.fan_in_fan_out
+        self.is_target_conv_1d_layer = is_target_conv_1d_layer
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add α·S of the active (or given) adapters to the base weight; ``safe_merge`` checks for NaNs first."""
+        for adapter in check_adapters_to_merge(self, adapter_names):
+            if adapter not in self.surm_matrix:
+                continue
+            weight = self.get_base_weight()
+            merged = weight.clone() if safe_merge else weight
+            merged += self.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
+            self.set_base_weight(merged)
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            if adapter in self.surm_matrix:
+                weight = self.get_base_weight()
+                weight -= self.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
+                self.set_base_weight(weight)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters or self.merged:
+            return result
+        if self.quantization_backend is not None:
+            result = self.quantization_backend.maybe_clone_base_result(result)
+        for adapter in self.active_adapters:
+            if adapter in self.surm_matrix:
+                delta = self.surm_matrix[adapter](self.surm_dropout[adapter](x))
+                result = result + (delta * self.scaling[adapter]).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "surm." + super().__repr__()
+
+    def extra_repr(self) -> str:
+        return quantization_extra_repr(self)

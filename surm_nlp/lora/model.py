@@ -1,0 +1,65 @@
+"""SurmModel: injects SURM-LoRA layers into any Hugging Face model through ``target_modules``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.quantization_utils import get_quantization_kwargs, resolve_quantization_backend
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import SurmConfig
+from .layer import Linear, SurmLayer
+
+
+class SurmModel(BaseTuner):
+    """Creates a SURM-LoRA model from a pretrained transformers model (use ``peft.get_peft_model``).
+
+    Targets ``nn.Linear``, transformers' ``Conv1D`` (GPT-2, with ``fan_in_fan_out``) and quantized
+    linear layers (bitsandbytes 8-bit / 4-bit). Without ``target_modules`` the query/value
+    projections of known architectures are adapted, as for LoRA.
+    """
+
+    prefix: str = "surm_"
+    tuner_layer_cls = SurmLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _create_and_replace(
+        self,
+        surm_config: SurmConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, Linear):
+            target.update_layer(adapter_name, surm_config)
+            return
+        new_module = self._create_new_module(surm_config, adapter_name, target, **get_quantization_kwargs(self))
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until set_adapter
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(surm_config: SurmConfig, adapter_name: str, target: nn.Module, **kwargs: Any) -> Linear:
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(base, Conv1D):
+            if not surm_config.fan_in_fan_out:
+                warnings.warn("The target module is Conv1D; setting fan_in_fan_out to True.", stacklevel=2)
+                surm_config.fan_in_fan_out = True
+            kwargs["is_target_conv_1d_layer"] = True
+        elif isinstance(base, nn.Linear) or getattr(resolve_quantization_backend(base), "layer_type", None) == "linear":
+            if surm_config.fan_in_fan_out:
+                warnings.warn("The target module is a Linear; setting fan_in_fan_out to False.", stacklevel=2)
+                surm_config.fan_in_fan_out = False
+        else:
+            raise TypeError(
+                f"Target module {target} is not supported by SURM: use torch.nn.Linear (optionally quantized "
+                "by bitsandbytes) or transformers' Conv1D layers in target_modules."
+            )
+        return Linear(target, adapter_name, config=surm_config, **kwargs)

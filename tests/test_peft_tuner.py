@@ -1,0 +1,242 @@
+"""SURM-LoRA as a PEFT method on tiny BERT, Llama (grouped-query) and GPT-2 (Conv1D) models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import PeftType
+from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, token_ids
+
+from surm_nlp import STRUCTURES, SurmConfig, SurmModel, make_structure
+from surm_nlp.lora import SurmLayer
+
+BERT_TARGETS = ["query", "value", "intermediate.dense"]  # 32×32, 32×32 and rectangular 32 → 48
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RANKED = {"ldr": 2, "lowrank": 4}
+
+
+def surm_config(structure: str, **kwargs) -> SurmConfig:
+    return SurmConfig(structure=structure, rank=RANKED.get(structure), **kwargs)
+
+
+def surm_layers(model: torch.nn.Module) -> dict[str, SurmLayer]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, SurmLayer)}
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_registered_with_peft():
+    assert PeftType("SURM") is PeftType.SURM and PeftType.SURM == "SURM"
+    assert PEFT_TYPE_TO_CONFIG_MAPPING["SURM"] is SurmConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING["SURM"] is SurmModel
+    assert SurmConfig().peft_type == "SURM"
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_zero_init_trainable_parameters_and_gradients(structure):
+    base, ids = tiny_bert(), token_ids()
+    expected_logits = logits(base, ids)
+    model = get_peft_model(base, surm_config(structure, target_modules=BERT_TARGETS, modules_to_save=["classifier"]))
+    torch.testing.assert_close(logits(model, ids), expected_logits, rtol=0, atol=0)  # ΔW = 0
+
+    layers = surm_layers(model)
+    assert len(layers) == 3 * 2
+    per_layer = {
+        shape: make_structure(structure, *shape, **({"rank": RANKED[structure]} if structure in RANKED else {}))
+        for shape in [(32, 32), (32, 48)]
+    }
+    expected = 2 * (2 * per_layer[(32, 32)].num_parameters + per_layer[(32, 48)].num_parameters)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    surm = {n: p for n, p in trainable.items() if ".surm_matrix.default." in n}
+    assert sum(p.numel() for p in surm.values()) == expected
+    assert set(trainable) - set(surm) == {
+        f"base_model.model.classifier.modules_to_save.default.{p}" for p in ("weight", "bias")
+    }
+
+    model.train()
+    model(ids, labels=torch.tensor([0, 1])).loss.backward()
+    for layer in layers.values():  # every structured update gets a learning signal at ΔW = 0
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.surm_matrix["default"].parameters())
+        assert layer.get_base_layer().weight.grad is None
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_merge_unmerge_and_unload(structure):
+    base, ids = tiny_bert(), token_ids()
+    base_logits = logits(base, ids)
+    original = base.bert.encoder.layer[0].intermediate.dense.weight.detach().clone()
+    model = get_peft_model(base, surm_config(structure, target_modules=BERT_TARGETS, init_weights=False, alpha=0.5))
+    adapted = logits(model, ids)
+    assert (adapted - base_logits).abs().max() > 1e-4
+
+    layer = model.base_model.model.bert.encoder.layer[0].intermediate.dense
+    model.merge_adapter()
+    torch.testing.assert_close(
+        layer.get_base_layer().weight, original + 0.5 * layer.surm_matrix["default"].to_dense().detach()
+    )
+    torch.testing.assert_close(logits(model, ids), adapted, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.get_base_layer().weight, original, rtol=0, atol=1e-6)
+
+    merged = model.merge_and_unload()
+    assert not surm_layers(merged) and not any("surm_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(logits(merged, ids), adapted, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("structure", ["toeplitz", "kronecker", "lowrank"])
+def test_save_and_load_in_process(structure, tmp_path):
+    ids = token_ids()
+    config = surm_config(structure, target_modules=BERT_TARGETS, init_weights=False, modules_to_save=["classifier"])
+    model = get_peft_model(tiny_bert(), config)
+    with torch.no_grad():
+        model.base_model.model.classifier.modules_to_save["default"].weight.mul_(3.0)  # trained head
+    expected = logits(model, ids)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "SURM" and saved["structure"] == structure
+    assert (tmp_path / "adapter_model.safetensors").exists()
+
+    loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path)
+    assert isinstance(loaded.peft_config["default"], SurmConfig)
+    torch.testing.assert_close(logits(loaded, ids), expected)
+
+
+def test_load_in_a_new_process(tmp_path):
+    ids = token_ids()
+    model = get_peft_model(tiny_bert(), surm_config("ldr", target_modules=BERT_TARGETS, init_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save({"ids": ids, "logits": logits(model, ids)}, tmp_path / "expected.pt")
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+import surm_nlp  # registers SURM with peft
+from peft import PeftModel
+from tiny_models import tiny_bert
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+model = PeftModel.from_pretrained(tiny_bert(), {str(tmp_path / "adapter")!r})
+with torch.no_grad():
+    torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"])
+print("LOADED_OK")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "LOADED_OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("structure", ["circulant", "toeplitz", "ldr", "kronecker"])
+def test_llama_all_projections_including_grouped_query(structure):
+    base, ids = tiny_llama(), token_ids()
+    model = get_peft_model(base, surm_config(structure, target_modules=LLAMA_TARGETS, init_weights=False))
+    layers = surm_layers(model)
+    assert len(layers) == 7 * 2
+    k_proj = layers["base_model.model.model.layers.0.self_attn.k_proj"]
+    assert (k_proj.in_features, k_proj.out_features) == (32, 16)
+    adapted = logits(model, ids)
+    torch.testing.assert_close(logits(model.merge_and_unload(), ids), adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_default_target_modules():
+    model = get_peft_model(tiny_llama(), SurmConfig(structure="toeplitz"))
+    assert {name.rsplit(".", 1)[-1] for name in surm_layers(model)} == {"q_proj", "v_proj"}
+    model = get_peft_model(tiny_bert(), SurmConfig(structure="circulant"))
+    assert {name.rsplit(".", 1)[-1] for name in surm_layers(model)} == {"query", "value"}
+
+
+def test_gpt2_conv1d_uses_fan_in_fan_out():
+    base, ids = tiny_gpt2(), token_ids()
+    with pytest.warns(UserWarning, match="fan_in_fan_out to True"):
+        model = get_peft_model(base, SurmConfig(structure="toeplitz", target_modules=["c_attn"], init_weights=False))
+    layer = surm_layers(model)["base_model.model.transformer.h.0.attn.c_attn"]
+    assert layer.fan_in_fan_out and (layer.in_features, layer.out_features) == (32, 96)
+    assert layer.get_delta_weight("default").shape == layer.get_base_layer().weight.shape == (32, 96)
+    adapted = logits(model, ids)
+    torch.testing.assert_close(logits(model.merge_and_unload(), ids), adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_several_adapters():
+    base, ids = tiny_bert(), token_ids()
+    base_logits = logits(base, ids)
+    model = get_peft_model(base, surm_config("circulant", target_modules=BERT_TARGETS, init_weights=False))
+    first = logits(model, ids)
+    model.add_adapter("second", surm_config("toeplitz", target_modules=BERT_TARGETS, init_weights=False))
+    assert logits(model, ids).equal(first)  # adding does not activate
+    model.set_adapter("second")
+    second = logits(model, ids)
+    assert (second - first).abs().max() > 1e-4
+    assert all(p.requires_grad == (".second." in n) for n, p in model.named_parameters() if "surm_" in n)
+    with model.disable_adapter():
+        torch.testing.assert_close(logits(model, ids), base_logits)
+    model.delete_adapter("second")
+    assert not any(".second." in n for n, _ in model.named_parameters())
+    model.set_adapter("default")
+    torch.testing.assert_close(logits(model, ids), first)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_bf16_base_model_trains_and_merges(structure):
+    base, ids = tiny_llama().to(torch.bfloat16), token_ids()
+    model = get_peft_model(base, surm_config(structure, target_modules=["q_proj", "k_proj"], init_weights=False))
+    layer = surm_layers(model)["base_model.model.model.layers.0.self_attn.k_proj"]
+    assert all(p.dtype == torch.float32 for p in layer.surm_matrix.parameters())  # peft upcasts adapters
+    model.train()
+    out = model(ids, labels=ids)
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.surm_matrix.parameters())
+    model.eval()
+    adapted = logits(model, ids).float()
+    merged = logits(model.merge_and_unload(), ids).float()
+    assert (merged - adapted).abs().max() <= 0.05 * adapted.abs().max()
+
+
+def test_bad_configurations():
+    with pytest.raises(ValueError, match="choose one of circulant"):
+        SurmConfig(structure="butterfly")
+    with pytest.raises(ValueError, match="rank applies to the ldr and lowrank"):
+        SurmConfig(structure="circulant", rank=4)
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        get_peft_model(tiny_bert(), SurmConfig(structure="ldr", rank=0, target_modules=["query"]))
+    with pytest.raises(ValueError, match="not found in the base model"):
+        get_peft_model(tiny_bert(), SurmConfig(target_modules=["q_proj"]))
+    with pytest.raises(TypeError, match="not supported by SURM"):
+        get_peft_model(tiny_bert(), SurmConfig(target_modules=["word_embeddings"]))
+
+
+@pytest.mark.parametrize(
+    "quantization",
+    [{"load_in_8bit": True}, {"load_in_4bit": True, "bnb_4bit_compute_dtype": torch.float32}],
+    ids=["8bit", "4bit"],
+)
+def test_bitsandbytes_quantized_base_trains_saves_and_loads(quantization, tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+
+    def quantized_base():
+        return AutoModelForCausalLM.from_pretrained(
+            tmp_path / "base", quantization_config=BitsAndBytesConfig(**quantization), device_map="cpu"
+        )
+
+    ids = token_ids()
+    config = SurmConfig(structure="toeplitz", target_modules=["q_proj", "v_proj"], init_weights=False)
+    model = get_peft_model(quantized_base(), config)
+    layer = surm_layers(model)["base_model.model.model.layers.0.self_attn.q_proj"]
+    assert layer.quantization_backend is not None
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert layer.surm_matrix["default"].weight.grad.abs().sum() > 0
+    model.eval()
+    expected = logits(model, ids)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.testing.assert_close(logits(PeftModel.from_pretrained(quantized_base(), tmp_path / "adapter"), ids), expected)
+    if "load_in_8bit" in quantization:  # merging re-quantizes: equal up to int8 rounding
+        merged = logits(model.merge_and_unload(), ids)
+        assert (merged - expected).abs().max() <= 0.05 * expected.abs().max()

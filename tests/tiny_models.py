@@ -1,0 +1,48 @@
+"""Tiny randomly initialised Hugging Face models (no downloads) for fast tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    """BERT with hidden 32, FFN 48 (rectangular intermediate/output dense), 2 labels."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, num_labels=2
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    """Llama with grouped-query attention: k_proj/v_proj are 32 → 16, MLP 32 ↔ 40."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    """GPT-2 whose projections are transformers' Conv1D (weight stored as (in, out))."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    return GPT2LMHeadModel(config).eval()
+
+
+def token_ids(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
