@@ -105,9 +105,10 @@ def test_save_and_load_in_process(structure, tmp_path):
     assert saved["peft_type"] == "SURM" and saved["structure"] == structure
     assert (tmp_path / "adapter_model.safetensors").exists()
 
-    loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path)
-    assert isinstance(loaded.peft_config["default"], SurmConfig)
-    torch.testing.assert_close(logits(loaded, ids), expected)
+    for low_cpu_mem_usage in (False, True):  # True: adapter weights created on meta, filled by the load
+        loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)
+        assert isinstance(loaded.peft_config["default"], SurmConfig)
+        torch.testing.assert_close(logits(loaded, ids), expected)
 
 
 def test_load_in_a_new_process(tmp_path):

@@ -39,8 +39,7 @@ class SurmLayer(BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: SurmConfig) -> None:
         matrix = make_structure(config.structure, self.in_features, self.out_features, **config.structure_kwargs())
-        if any(p.device.type != "meta" for p in matrix.parameters()):  # meta: low_cpu_mem_usage, filled on load
-            matrix.reset_parameters(zero_init=config.init_weights)
+        matrix.reset_parameters(zero_init=config.init_weights)
         self.surm_matrix[adapter_name] = matrix
         self.surm_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scaling[adapter_name] = config.alpha

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -79,6 +81,14 @@ class IndexedStructuredMatrix(StructuredMatrix):
     """
 
     weight: nn.Parameter
+
+    def reset_parameters(self, zero_init: bool = False) -> None:
+        """Every entry of W is one p[k], so p ~ U(±1/√n) gives Var(W_ij) = 1/(3n); zero_init: p = 0."""
+        if zero_init:
+            nn.init.zeros_(self.weight)
+        else:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
 
     def _index(self) -> torch.Tensor:
         """Long tensor (out_features, in_features) of positions into ``self.weight``."""

@@ -7,8 +7,6 @@ Rectangular shapes use the top-left (m, n) block of the N × N circulant.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -24,13 +22,6 @@ class Circulant(IndexedStructuredMatrix):
         self.size = max(in_features, out_features)
         self.weight = nn.Parameter(torch.empty(self.size))
         self.reset_parameters()
-
-    def reset_parameters(self, zero_init: bool = False) -> None:
-        if zero_init:
-            nn.init.zeros_(self.weight)
-        else:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.weight, -bound, bound)
 
     def _index(self) -> torch.Tensor:
         rows = torch.arange(self.out_features)[:, None]

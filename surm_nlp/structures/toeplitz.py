@@ -10,8 +10,6 @@ so L is rounded up to a fast FFT size (2^a·3^b·5^c), O(L log L) per row of x.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -30,13 +28,6 @@ class Toeplitz(IndexedStructuredMatrix):
 
     def _num_diagonal_values(self) -> int:
         return self.in_features + self.out_features - 1
-
-    def reset_parameters(self, zero_init: bool = False) -> None:
-        if zero_init:
-            nn.init.zeros_(self.weight)
-        else:
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.weight, -bound, bound)
 
     def _offsets(self) -> torch.Tensor:
         """i − j for every entry, shape (m, n)."""
