@@ -10,6 +10,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 
@@ -20,6 +22,21 @@ def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, num_labels=2
     )
     return BertForSequenceClassification(config).eval()
+
+
+def tiny_roberta(seed: int = 0) -> RobertaForSequenceClassification:
+    """RoBERTa with hidden 32, FFN 48, and its weight-less ``RobertaClassificationHead``."""
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        num_labels=2,
+        max_position_embeddings=64,
+    )
+    return RobertaForSequenceClassification(config).eval()
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -45,4 +62,4 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
 
 
 def token_ids(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(3, 100, (batch, length), generator=torch.Generator().manual_seed(seed))

@@ -45,6 +45,14 @@ class SurmModel(BaseTuner):
             new_module.requires_grad_(False)  # an added adapter is not trainable until set_adapter
         self._replace_module(parent, target_name, new_module, target)
 
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        """BaseTuner's version, except for modules without a ``weight`` (RoBERTa's classification head
+        in ``merge_and_unload``), onto which it would copy ``child.weight`` and crash."""
+        if hasattr(new_module, "base_layer") or hasattr(getattr(child, "base_layer", child), "weight"):
+            super()._replace_module(parent, child_name, new_module, child)
+        else:
+            setattr(parent, child_name, new_module)
+
     @staticmethod
     def _create_new_module(surm_config: SurmConfig, adapter_name: str, target: nn.Module, **kwargs: Any) -> Linear:
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
