@@ -14,29 +14,26 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
+ENCODER = {  # hidden 32, FFN 48 (rectangular intermediate/output dense), 2 labels
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 48,
+    "num_labels": 2,
+}
+
 
 def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    """BERT with hidden 32, FFN 48 (rectangular intermediate/output dense), 2 labels."""
+    """BERT of ``ENCODER`` shape."""
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, num_labels=2
-    )
-    return BertForSequenceClassification(config).eval()
+    return BertForSequenceClassification(BertConfig(**ENCODER)).eval()
 
 
 def tiny_roberta(seed: int = 0) -> RobertaForSequenceClassification:
     """RoBERTa with hidden 32, FFN 48, and its weight-less ``RobertaClassificationHead``."""
     torch.manual_seed(seed)
-    config = RobertaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        num_labels=2,
-        max_position_embeddings=64,
-    )
-    return RobertaForSequenceClassification(config).eval()
+    return RobertaForSequenceClassification(RobertaConfig(**ENCODER, max_position_embeddings=64)).eval()
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
