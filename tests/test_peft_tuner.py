@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType
-from tiny_models import tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, token_ids
+from tiny_models import ENCODER, tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, token_ids
 
 from surm_nlp import STRUCTURES, SurmConfig, SurmModel, make_structure
 from surm_nlp.lora import SurmLayer
@@ -211,6 +211,19 @@ def test_bad_configurations():
         get_peft_model(tiny_roberta(), SurmConfig(target_modules=["q_proj"]))
     with pytest.raises(TypeError, match="not supported by SURM"):
         get_peft_model(tiny_roberta(), SurmConfig(target_modules=["word_embeddings"]))
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_loading_into_a_base_with_other_shapes_names_the_layer(structure, tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    get_peft_model(tiny_roberta(), surm_config(structure, target_modules=["query"])).save_pretrained(tmp_path)
+    wider = RobertaForSequenceClassification(
+        RobertaConfig(**{**ENCODER, "hidden_size": 48}, max_position_embeddings=64)
+    )
+    with pytest.raises(ValueError, match=r"layer 'roberta\.encoder\.layer\.0\.attention\.self\.query' is 48→48") as err:
+        PeftModel.from_pretrained(wider, tmp_path)
+    assert "checkpoint has" in str(err.value) and "load it into that model" in str(err.value)
 
 
 @pytest.mark.parametrize(

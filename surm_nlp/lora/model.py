@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.quantization_utils import get_quantization_kwargs, resolve_quantization_backend
@@ -53,6 +55,19 @@ class SurmModel(BaseTuner):
         else:
             setattr(parent, child_name, new_module)
 
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """peft's key remapping, then a check that every SURM tensor fits its layer in this base model."""
+        state_dict = super()._remap_adapter_state_dict_for_load(
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
+        for name, module in model.named_modules():
+            if isinstance(module, SurmLayer) and adapter_name in module.surm_matrix:
+                _check_checkpoint_shapes(name, module, adapter_name, config, state_dict)
+        return state_dict
+
     @staticmethod
     def _create_new_module(surm_config: SurmConfig, adapter_name: str, target: nn.Module, **kwargs: Any) -> Linear:
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
@@ -71,3 +86,23 @@ class SurmModel(BaseTuner):
                 "by bitsandbytes) or transformers' Conv1D layers in target_modules."
             )
         return Linear(target, adapter_name, config=surm_config, **kwargs)
+
+
+def _check_checkpoint_shapes(
+    name: str, layer: SurmLayer, adapter_name: str, config: PeftConfig, state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Raise a ValueError naming the layer and both shapes when a saved S does not fit ``layer``."""
+    for param_name, param in layer.surm_matrix[adapter_name].named_parameters():
+        key = f"{name}.surm_matrix.{adapter_name}.{param_name}"
+        saved = state_dict.get(key)
+        if saved is None or saved.shape == param.shape:
+            continue
+        layer_name = name.removeprefix("base_model.model.")
+        base_name = config.base_model_name_or_path or "not named"
+        raise ValueError(
+            f"SURM adapter {adapter_name!r} does not fit this base model: layer {layer_name!r} is "
+            f"{layer.in_features}→{layer.out_features} (in→out) here, so its {config.structure} "
+            f"`{param_name}` must have shape {tuple(param.shape)}, but the checkpoint has {tuple(saved.shape)}. "
+            f"The adapter was trained on a base model with other layer shapes ({base_name} in adapter_config.json); "
+            "load it into that model."
+        )
