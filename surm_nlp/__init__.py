@@ -4,9 +4,18 @@ Sehanobish et al., "Structured Unrestricted-Rank Matrices for Parameter Efficien
 Fine-tuning", NeurIPS 2024 (arXiv:2406.17740).
 """
 
+from .adapter import SurmAdapterConfig
 from .lora import SurmConfig, SurmModel
 from .structures import STRUCTURES, StructuredMatrix, make_structure
 
 __version__ = "0.1.0"
 
-__all__ = ["STRUCTURES", "StructuredMatrix", "SurmConfig", "SurmModel", "__version__", "make_structure"]
+__all__ = [
+    "STRUCTURES",
+    "StructuredMatrix",
+    "SurmAdapterConfig",
+    "SurmConfig",
+    "SurmModel",
+    "__version__",
+    "make_structure",
+]

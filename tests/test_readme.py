@@ -36,3 +36,15 @@ print("MERGED OK")
     assert "MERGED OK" in out
     assert (tmp_path / "out" / "adapter_config.json").is_file()
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_surm_adapter_snippet_runs_as_written(tmp_path):
+    check = """
+from surm_nlp.adapter import SurmAdapter
+assert sum(isinstance(m, SurmAdapter) for m in model.modules()) == 12  # 6 layers × 2 locations
+print("LOADED OK")
+"""
+    out = run_snippet(readme_snippet("SURM-Adapters with adapters") + check, tmp_path)
+    assert "sst2" in out and f"{12 * (384 + 384):,}" in out  # adapter_summary: 12 circulant S + bias
+    assert "LOADED OK" in out
+    assert (tmp_path / "sst2_adapter" / "adapter_config.json").is_file()
