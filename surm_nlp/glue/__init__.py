@@ -1,0 +1,38 @@
+"""GLUE: tasks, data loading, metrics, fine-tuning methods and model cards for ``glue_scripts/run_glue.py``."""
+
+from .data import check_columns, load_files, load_glue_dir, load_hub
+from .hub import model_card, push_to_hub
+from .methods import (
+    BASELINES,
+    SURM_CHOICES,
+    SURM_MODES,
+    Method,
+    apply_method,
+    head_modules,
+    load_trained,
+    parameter_counts,
+)
+from .metrics import glue_metric, local_glue_metric
+from .tasks import GLUE_TASKS, GlueTask, get_task
+
+__all__ = [
+    "BASELINES",
+    "GLUE_TASKS",
+    "SURM_CHOICES",
+    "SURM_MODES",
+    "GlueTask",
+    "Method",
+    "apply_method",
+    "check_columns",
+    "get_task",
+    "glue_metric",
+    "head_modules",
+    "load_files",
+    "load_glue_dir",
+    "load_hub",
+    "load_trained",
+    "local_glue_metric",
+    "model_card",
+    "parameter_counts",
+    "push_to_hub",
+]

@@ -1,0 +1,132 @@
+"""The fine-tuning methods of the GLUE runner: SURM-LoRA, SURM-adapters and the baselines, on one model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import adapters
+from adapters import CompacterConfig, DoubleSeqBnConfig, SeqBnConfig
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..adapter import SurmAdapterConfig
+from ..lora import SurmConfig
+from ..structures import STRUCTURES
+
+SURM_CHOICES = ("none", *STRUCTURES)
+SURM_MODES = ("lora", "adapter")
+BASELINES = ("full", "lora", "houlsby", "pfeiffer", "compacter", "bitfit")
+ADAPTER_BASELINES = {"houlsby": DoubleSeqBnConfig, "pfeiffer": SeqBnConfig, "compacter": CompacterConfig}
+
+
+@dataclass(frozen=True)
+class Method:
+    """What trains: ``surm`` (a structure or ``none``) in ``surm_mode``, or a ``baseline`` when ``surm`` is none."""
+
+    surm: str = "none"
+    surm_mode: str = "lora"
+    baseline: str | None = None
+    rank: int | None = None
+    alpha: float = 1.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] | None = None
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.surm not in SURM_CHOICES:
+            raise ValueError(f"--surm {self.surm!r} is not a structure: choose one of {', '.join(SURM_CHOICES)}")
+        if self.surm_mode not in SURM_MODES:
+            raise ValueError(f"--surm_mode {self.surm_mode!r}: choose lora or adapter")
+        if self.surm == "none" and self.baseline not in BASELINES:
+            raise ValueError(f"--surm none needs --baseline, one of {', '.join(BASELINES)} (got {self.baseline!r})")
+        if self.surm != "none" and self.baseline is not None:
+            raise ValueError(f"--baseline {self.baseline} runs without SURM: pass --surm none, or drop --baseline")
+
+    @property
+    def name(self) -> str:
+        """A short label: ``surm-lora-toeplitz``, ``surm-adapter-circulant``, ``lora``, ``houlsby``..."""
+        return self.baseline if self.surm == "none" else f"surm-{self.surm_mode}-{self.surm}"
+
+    @property
+    def uses_adapters_library(self) -> bool:
+        return (self.surm != "none" and self.surm_mode == "adapter") or self.baseline in ADAPTER_BASELINES
+
+    @property
+    def library(self) -> str:
+        """The library whose format the trained weights are saved in (the model card's ``library_name``)."""
+        if self.uses_adapters_library:
+            return "adapter-transformers"
+        return "peft" if self.surm != "none" or self.baseline == "lora" else "transformers"
+
+
+def head_modules(model: PreTrainedModel) -> list[str]:
+    """Top-level modules with weights outside the encoder (``classifier``, ``score``...): the task head."""
+    return [
+        name
+        for name, module in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in module.parameters())
+    ]
+
+
+def apply_method(model: PreTrainedModel, method: Method, adapter_name: str) -> nn.Module:
+    """Freeze ``model`` and add what ``method`` trains; the task head always trains."""
+    heads = head_modules(model)
+    targets = list(method.targets) if method.targets else None
+    if method.surm != "none" and method.surm_mode == "lora":
+        config = SurmConfig(
+            structure=method.surm, rank=method.rank, alpha=method.alpha, dropout=method.dropout,
+            target_modules=targets, modules_to_save=heads,
+        )  # fmt: skip
+        return get_peft_model(model, config)
+    if method.baseline == "lora":
+        config = LoraConfig(
+            r=method.lora_r, lora_alpha=method.lora_alpha, lora_dropout=method.dropout,
+            target_modules=targets, modules_to_save=heads,
+        )  # fmt: skip
+        return get_peft_model(model, config)
+    if method.uses_adapters_library:
+        if method.surm != "none":
+            config = SurmAdapterConfig(structure=method.surm, rank=method.rank, dropout=method.dropout)
+        else:
+            config = ADAPTER_BASELINES[method.baseline]()
+        adapters.init(model)
+        model.add_adapter(adapter_name, config=config)
+        model.train_adapter(adapter_name)  # freezes the encoder; the head stays trainable
+        return model
+    for name, param in model.named_parameters():  # full / bitfit
+        param.requires_grad = method.baseline == "full" or name.endswith(".bias") or name.split(".")[0] in heads
+    return model
+
+
+def load_trained(model: PreTrainedModel, path: str | Path) -> nn.Module:
+    """``model`` with the PEFT adapter or the ``adapters`` adapter saved at ``path`` (as the runner saves them)."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file() and "peft_type" in json.loads(
+        (path / "adapter_config.json").read_text()
+    ):
+        return PeftModel.from_pretrained(model, path)
+    saved = sorted(config.parent for config in path.glob("*/adapter_config.json"))
+    if (path / "adapter_config.json").is_file():
+        saved = [path]
+    if not saved:
+        raise FileNotFoundError(f"{path} holds no PEFT adapter (adapter_config.json) and no saved `adapters` adapter")
+    adapters.init(model)
+    names = [model.load_adapter(str(folder)) for folder in saved]
+    model.set_active_adapters(names[0])
+    return model
+
+
+def parameter_counts(model: nn.Module, heads: list[str]) -> dict[str, int]:
+    """``trainable_params`` (everything that trains) and ``adapter_params`` (what trains outside the task head)."""
+    trainable = adapter = 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        trainable += param.numel()
+        if name.removeprefix("base_model.model.").split(".")[0] not in heads:
+            adapter += param.numel()
+    return {"trainable_params": trainable, "adapter_params": adapter}

