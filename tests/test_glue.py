@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import random
@@ -201,3 +202,53 @@ def test_bad_input_gives_a_one_line_error(args, message, glue_dir, tmp_path, cap
     stderr = capsys.readouterr().err  # may also hold progress bars of the dataset loading
     (error,) = [line for line in stderr.splitlines() if "error" in line]
     assert error.startswith("run_glue.py: error: ") and message in error
+
+
+def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("sweep", ROOT / "glue_scripts" / "sweep.py")
+    sweep = sys.modules["sweep"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    argv = [
+        "--name", "tiny", "--model_name_or_path", tiny_model, "--glue_dir", str(glue_dir), "--tasks", "rte",
+        "--methods", "lora", "surm-adapter-circulant", "--seeds", "0", "--runs_dir", str(tmp_path / "runs"),
+        "--results_dir", str(tmp_path / "results"), "--note", "tiny test",
+        "--", "--max_steps", "2", "--use_cpu", "--ignore_mismatched_sizes", "--max_seq_length", "32",
+    ]  # fmt: skip
+    sweep.main(argv)
+    finished = tmp_path / "runs" / "rte" / "lora" / "seed0" / "all_results.json"
+    stamp = finished.stat().st_mtime_ns
+    sweep.main(argv)  # everything finished: nothing runs again
+    assert finished.stat().st_mtime_ns == stamp
+    table = (tmp_path / "results" / "glue_tiny.md").read_text()
+    results = {
+        m: json.loads((tmp_path / "runs" / "rte" / m / "seed0" / "all_results.json").read_text())
+        for m in ("lora", "surm-adapter-circulant")
+    }
+    assert (
+        f"| lora | {results['lora']['adapter_params']:,} | {100 * results['lora']['eval_accuracy']:.1f} ± 0.0 |"
+        in table
+    )
+    assert "surm-adapter-circulant" in table and (tmp_path / "results" / "glue_tiny.png").stat().st_size > 0
+    rows = list(csv.reader((tmp_path / "results" / "glue_tiny.csv").open()))
+    assert rows[0] == ["method", "params", "rte", "avg", "seeds"] and len(rows) == 3
+
+
+def test_demo_data_and_a_few_demo_steps_on_minilm(tmp_path):
+    spec = importlib.util.spec_from_file_location("demo_data", ROOT / "glue_scripts" / "demo_data.py")
+    demo_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_data)
+    demo_data.main(["--output_dir", str(tmp_path / "a"), "--train_size", "64", "--validation_size", "32"])
+    demo_data.main(["--output_dir", str(tmp_path / "b"), "--train_size", "64", "--validation_size", "32"])
+    train = (tmp_path / "a" / "train.csv").read_text()
+    assert train == (tmp_path / "b" / "train.csv").read_text()  # deterministic given the seed
+    for line in train.splitlines()[1:]:  # labels follow the rules: adjective, "not" flips, "but" → second clause
+        text, label = line.rsplit(",", 1)
+        adjective = text.split()[-2] if " at all" not in text else text.split()[-4]
+        positive = adjective in demo_data.POSITIVE
+        assert (label == "positive") == (positive != (" not " in text))
+    results = run(
+        str(get_model_path()), tmp_path / "run", "--train_file", str(tmp_path / "a" / "train.csv"),
+        "--validation_file", str(tmp_path / "a" / "validation.csv"), "--surm", "circulant", "--surm_mode", "adapter",
+        "--do_train", "--max_steps", "2",
+    )  # fmt: skip
+    assert results["adapter_params"] == 6 * 2 * (384 + 384) and 0 <= results["eval_accuracy"] <= 1
