@@ -9,7 +9,7 @@ import torch
 from adapters import BnConfig
 from adapters.methods.modeling import Activation_Function_Class
 
-from ..structures import structure_options
+from ..structures import rank_options
 
 
 @dataclass(eq=False)
@@ -40,9 +40,7 @@ class SurmAdapterConfig(BnConfig):
     init_weights: str = "zero"
 
     def __post_init__(self) -> None:
-        accepted = structure_options(self.structure)  # raises on an unknown structure
-        if self.rank is not None and "rank" not in accepted:
-            raise ValueError(f"rank applies to the ldr and lowrank structures, not to {self.structure!r}; unset it")
+        rank_options(self.structure, self.rank)  # raises on an unknown structure or a rank it does not take
         unsupported = {
             "reduction_factor": (self.reduction_factor, 1, "the structured layer is d×d, there is no bottleneck"),
             "init_weights": (self.init_weights, "zero", "SURM adapters start at S = 0, b = 0 (the identity)"),
@@ -58,7 +56,7 @@ class SurmAdapterConfig(BnConfig):
 
     def structure_kwargs(self) -> dict[str, int]:
         """Options passed to :func:`~surm_nlp.structures.make_structure`."""
-        return {} if self.rank is None else {"rank": self.rank}
+        return rank_options(self.structure, self.rank)
 
 
 def _require_trainable_from_zero(non_linearity: str) -> None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
-from ..structures import STRUCTURES, structure_options
+from ..structures import STRUCTURES, rank_options
 from .peft_type import SURM_PEFT_TYPE
 
 
@@ -56,9 +56,7 @@ class SurmConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = SURM_PEFT_TYPE
-        accepted = structure_options(self.structure)  # raises on an unknown structure
-        if self.rank is not None and "rank" not in accepted:
-            raise ValueError(f"rank applies to the ldr and lowrank structures, not to {self.structure!r}; unset it")
+        rank_options(self.structure, self.rank)  # raises on an unknown structure or a rank it does not take
         if self.dropout < 0 or self.dropout >= 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, list):
@@ -70,4 +68,4 @@ class SurmConfig(PeftConfig):
 
     def structure_kwargs(self) -> dict[str, int]:
         """Options passed to :func:`~surm_nlp.structures.make_structure` for every layer."""
-        return {} if self.rank is None else {"rank": self.rank}
+        return rank_options(self.structure, self.rank)

@@ -40,6 +40,16 @@ def structure_options(name: str) -> tuple[str, ...]:
     return tuple(p for p in parameters if p not in ("in_features", "out_features"))
 
 
+def rank_options(name: str, rank: int | None) -> dict[str, int]:
+    """``{"rank": rank}`` for a structure that takes a rank, ``{}`` when rank is None; else a ValueError."""
+    if rank is None:
+        structure_options(name)  # raises on an unknown structure
+        return {}
+    if "rank" not in structure_options(name):
+        raise ValueError(f"rank applies to the ldr and lowrank structures, not to {name!r}; unset it")
+    return {"rank": rank}
+
+
 def make_structure(name: str, in_features: int, out_features: int, **options: object) -> StructuredMatrix:
     """Build the structured matrix ``name`` of shape (out_features, in_features).
 
@@ -68,5 +78,6 @@ __all__ = [
     "Toeplitz",
     "gradient_fit_",
     "make_structure",
+    "rank_options",
     "structure_options",
 ]
