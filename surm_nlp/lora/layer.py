@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.utils.integrations import gather_params_ctx
 from peft.utils.other import transpose
 from peft.utils.quantization_utils import quantization_extra_repr, resolve_quantization_backend
 from torch import nn
@@ -39,7 +40,8 @@ class SurmLayer(BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: SurmConfig) -> None:
         matrix = make_structure(config.structure, self.in_features, self.out_features, **config.structure_kwargs())
-        matrix.reset_parameters(zero_init=config.init_weights)
+        with gather_params_ctx(matrix.parameters()):  # built inside deepspeed.zero.Init, S is already partitioned
+            matrix.reset_parameters(zero_init=config.init_weights)
         self.surm_matrix[adapter_name] = matrix
         self.surm_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scaling[adapter_name] = config.alpha
@@ -50,6 +52,10 @@ class SurmLayer(BaseTunerLayer):
         """α·S as a dense tensor in the base weight's layout ((in, out) when fan_in_fan_out)."""
         delta = self.surm_matrix[adapter].to_dense() * self.scaling[adapter]
         return transpose(delta, self.fan_in_fan_out)
+
+    def _merge_params(self, adapter: str) -> list[nn.Parameter]:
+        """The base weight and S's parameters: what a merge reads and writes (gathered under ZeRO-3)."""
+        return [self.get_base_layer().weight, *self.surm_matrix[adapter].parameters()]
 
 
 class Linear(nn.Module, SurmLayer):
@@ -75,12 +81,13 @@ class Linear(nn.Module, SurmLayer):
         for adapter in check_adapters_to_merge(self, adapter_names):
             if adapter not in self.surm_matrix:
                 continue
-            weight = self.get_base_weight()
-            merged = weight.clone() if safe_merge else weight
-            merged += self.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
-            self.set_base_weight(merged)
+            with gather_params_ctx(self._merge_params(adapter)):
+                weight = self.get_base_weight()
+                merged = weight.clone() if safe_merge else weight
+                merged += self.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
+                if safe_merge and not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {adapter} seems to be broken")
+                self.set_base_weight(merged)
             self.merged_adapters.append(adapter)
 
     def unmerge(self) -> None:
@@ -90,9 +97,10 @@ class Linear(nn.Module, SurmLayer):
         while self.merged_adapters:
             adapter = self.merged_adapters.pop()
             if adapter in self.surm_matrix:
-                weight = self.get_base_weight()
-                weight -= self.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
-                self.set_base_weight(weight)
+                with gather_params_ctx(self._merge_params(adapter)):
+                    weight = self.get_base_weight()
+                    weight -= self.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
+                    self.set_base_weight(weight)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters and self.merged:

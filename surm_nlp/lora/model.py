@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    _filter_state_dict_by_key_prefixes,
+    _get_tuner_state_dict_key_prefixes,
+)
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from peft.utils.quantization_utils import get_quantization_kwargs, resolve_quantization_backend
 from torch import nn
@@ -54,6 +59,25 @@ class SurmModel(BaseTuner):
             super()._replace_module(parent, child_name, new_module, child)
         else:
             setattr(parent, child_name, new_module)
+
+    @classmethod
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: PeftConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """peft's selection of the adapter's entries, with FSDP's ``_fsdp_wrapped_module.`` dropped from module names.
+
+        With one FSDP unit per decoder layer that segment sits inside module names but not in FSDP's full state
+        dict, so peft 0.21 would select nothing and ``save_pretrained`` would write an empty adapter.
+        """
+        prefixes = {prefix.replace("_fsdp_wrapped_module.", "") for prefix in _get_tuner_state_dict_key_prefixes(model)}
+        selected = _filter_state_dict_by_key_prefixes(state_dict, prefixes)
+        selected.update(cls._get_learnable_bias_state_dict(model, state_dict, config))
+        return selected
 
     @classmethod
     def _remap_adapter_state_dict_for_load(
