@@ -259,7 +259,7 @@ def test_demo_data_and_a_few_demo_steps_on_minilm(tmp_path):
 def test_accelerate_launch_two_cpu_processes_gathers_eval_over_both_ranks(tiny_model, glue_dir, tmp_path):
     args = [
         "--model_name_or_path", tiny_model, "--task_name", "rte", "--glue_dir", str(glue_dir), "--surm", "circulant",
-        "--do_eval", "--report_to", "none", "--per_device_eval_batch_size", "3", "--max_seq_length", "32",
+        "--do_eval", "--report_to", "none", "--per_device_eval_batch_size", "8", "--max_seq_length", "32",
         "--save_strategy", "no", "--use_cpu", "--ignore_mismatched_sizes", "--learning_rate", "1e-2",
     ]  # fmt: skip
     command = [
@@ -272,7 +272,7 @@ def test_accelerate_launch_two_cpu_processes_gathers_eval_over_both_ranks(tiny_m
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "all_results.json").read_text())
     assert ddp["eval_samples"] == 16 and ddp["train_samples"] == 32
-    # the same adapter evaluated in one process: metrics over all 16 examples, not one rank's half
+    # the same adapter in one process: metrics over all 16 examples, not one rank's 8 (8 per rank: no padding)
     single = run(tiny_model, tmp_path / "single", *args[2:], "--adapter_name_or_path", str(tmp_path / "ddp"))
     assert ddp["eval_accuracy"] == pytest.approx(single["eval_accuracy"], abs=1e-9)
     assert ddp["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
