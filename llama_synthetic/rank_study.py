@@ -37,12 +37,12 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
-    Trainer,
     TrainingArguments,
 )
 
 from surm_nlp import SurmConfig
 from surm_nlp.structures import structure_options
+from surm_nlp.trainer import SurmTrainer
 
 from .data import IGNORE_INDEX, TokenDataset, make_split, make_task
 
@@ -246,7 +246,7 @@ def train_run(run: Run, settings: Settings, output_dir: Path) -> dict:
     )
     model = adapt(load_model(settings), run, settings)
     trainable, _ = model.get_nb_trainable_parameters()
-    trainer = Trainer(
+    trainer = SurmTrainer(  # DeepSpeed-safe when only adapter weights train
         model=model,
         args=args,
         train_dataset=train,

@@ -15,10 +15,11 @@ from pathlib import Path
 import deepspeed
 import torch
 from peft import get_peft_model
-from transformers import LlamaForCausalLM, Trainer, TrainingArguments, training_args
+from transformers import LlamaForCausalLM, TrainingArguments, training_args
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from surm_nlp import SurmConfig
+from surm_nlp.trainer import SurmTrainer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -30,19 +31,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--structure", default="toeplitz")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (DeepSpeed: the model in bf16)")
     return parser.parse_args()
-
-
-class SurmTrainer(Trainer):
-    """Trainer whose optimizer has no empty parameter group.
-
-    With only SURM parameters trainable, the Trainer's no-weight-decay group is empty; DeepSpeed drops it after the
-    LR scheduler has counted it, and torch ≥ 2.10 then fails in ``scheduler.step()`` (transformers #43692).
-    """
-
-    def create_optimizer(self) -> torch.optim.Optimizer:
-        optimizer = super().create_optimizer()
-        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
-        return optimizer
 
 
 def random_tokens(count: int, length: int = 16) -> list[dict[str, torch.Tensor]]:
@@ -72,7 +60,7 @@ def fft_input_dtypes(model: torch.nn.Module, ids: torch.Tensor) -> list[str]:
     return sorted(seen)
 
 
-def zero_init_adapter(model: torch.nn.Module, trainer: Trainer, structure: str) -> dict[str, bool]:
+def zero_init_adapter(model: torch.nn.Module, trainer: SurmTrainer, structure: str) -> dict[str, bool]:
     """Add an adapter inside ``deepspeed.zero.Init`` (S partitioned as it is built): is it partitioned, and ΔW = 0?"""
     with deepspeed.zero.Init(config_dict_or_path=trainer.accelerator.state.deepspeed_plugin.deepspeed_config):
         model.add_adapter("fresh", SurmConfig(structure=structure, target_modules=TARGETS))
