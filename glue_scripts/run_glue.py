@@ -41,6 +41,7 @@ from surm_nlp.glue import (
     BASELINES,
     SURM_CHOICES,
     SURM_MODES,
+    GlueTask,
     Method,
     apply_method,
     check_columns,
@@ -149,12 +150,12 @@ def parse_args(
     return parser, model_args, data_args, training_args, method
 
 
-def load_raw_data(data_args: DataTrainingArguments, cache_dir: str | None) -> DatasetDict:
+def load_raw_data(task: GlueTask | None, data_args: DataTrainingArguments, cache_dir: str | None) -> DatasetDict:
     if data_args.glue_dir:
-        return load_glue_dir(get_task(data_args.task_name), data_args.glue_dir)
+        return load_glue_dir(task, data_args.glue_dir)
     if data_args.train_file or data_args.validation_file:
         return load_files(data_args.train_file, data_args.validation_file, cache_dir)
-    return load_hub(get_task(data_args.task_name), cache_dir)
+    return load_hub(task, cache_dir)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -179,13 +180,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     task = get_task(data_args.task_name) if data_args.task_name else None
     try:
-        raw = load_raw_data(data_args, model_args.cache_dir)
+        raw = load_raw_data(task, data_args, model_args.cache_dir)
         if task is not None:
             text_keys, is_regression, label_names = task.text_keys, task.is_regression, task.label_names
         else:
             text_keys, is_regression, label_names = infer_columns(raw)
             raw = encode_string_labels(raw, label_names)
         check_columns(raw, text_keys, is_regression, data_args.glue_dir or data_args.train_file or "the Hub dataset")
+        eval_splits = task.eval_splits if task is not None else ("validation",)
+        if training_args.do_train and "train" not in raw:
+            raise ValueError("--do_train needs a training split (--train_file, or a GLUE task)")
+        if training_args.do_eval and any(split not in raw for split in eval_splits):
+            raise ValueError(
+                f"--do_eval needs the split(s) {', '.join(eval_splits)} (--validation_file, or a GLUE task)"
+            )
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     num_labels = 1 if is_regression else len(label_names)
@@ -228,27 +236,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     train_dataset = eval_datasets = None
     if training_args.do_train:
-        if "train" not in data:
-            raise ValueError("--do_train needs a training split (--train_file, or a GLUE task)")
         train_dataset = data["train"]
         if data_args.max_train_samples is not None:
             train_dataset = train_dataset.shuffle(seed=training_args.seed).select(
                 range(min(len(train_dataset), data_args.max_train_samples))
             )
     if training_args.do_eval:
-        splits = task.eval_splits if task is not None else ("validation",)
-        if any(split not in data for split in splits):
-            raise ValueError(f"--do_eval needs the split(s) {', '.join(splits)} (--validation_file, or a GLUE task)")
-        eval_datasets = {split: data[split] for split in splits}
+        eval_datasets = {split: data[split] for split in eval_splits}
         if data_args.max_eval_samples is not None:
             eval_datasets = {
                 s: d.select(range(min(len(d), data_args.max_eval_samples))) for s, d in eval_datasets.items()
             }
 
-    metric = glue_metric(
-        data_args.task_name,
-        task.metrics if task is not None else ("accuracy",) if not is_regression else ("pearson", "spearmanr"),
-    )
+    file_metrics = ("pearson", "spearmanr") if is_regression else ("accuracy",)  # user files without --task_name
+    metric = glue_metric(data_args.task_name, task.metrics if task is not None else file_metrics)
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions

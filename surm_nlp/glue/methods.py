@@ -105,13 +105,10 @@ def apply_method(model: PreTrainedModel, method: Method, adapter_name: str) -> n
 def load_trained(model: PreTrainedModel, path: str | Path) -> nn.Module:
     """``model`` with the PEFT adapter or the ``adapters`` adapter saved at ``path`` (as the runner saves them)."""
     path = Path(path)
-    if (path / "adapter_config.json").is_file() and "peft_type" in json.loads(
-        (path / "adapter_config.json").read_text()
-    ):
+    config_file = path / "adapter_config.json"
+    if config_file.is_file() and "peft_type" in json.loads(config_file.read_text()):
         return PeftModel.from_pretrained(model, path)
-    saved = sorted(config.parent for config in path.glob("*/adapter_config.json"))
-    if (path / "adapter_config.json").is_file():
-        saved = [path]
+    saved = [path] if config_file.is_file() else sorted(config.parent for config in path.glob("*/adapter_config.json"))
     if not saved:
         raise FileNotFoundError(f"{path} holds no PEFT adapter (adapter_config.json) and no saved `adapters` adapter")
     adapters.init(model)
