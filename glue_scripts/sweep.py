@@ -28,7 +28,7 @@ import numpy as np
 
 RUN_GLUE = Path(__file__).with_name("run_glue.py")
 METHODS: dict[str, list[str]] = {
-    "full": ["--surm", "none", "--baseline", "full", "--learning_rate", "2e-5"],
+    "full": ["--surm", "none", "--baseline", "full", "--learning_rate", "5e-5"],
     "bitfit": ["--surm", "none", "--baseline", "bitfit", "--learning_rate", "1e-3"],
     "lora": ["--surm", "none", "--baseline", "lora", "--learning_rate", "5e-4"],
     "houlsby": ["--surm", "none", "--baseline", "houlsby", "--learning_rate", "1e-3"],

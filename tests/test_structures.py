@@ -10,7 +10,7 @@ import torch
 
 from surm_nlp import STRUCTURES, make_structure
 from surm_nlp.structures import STRUCTURE_CLASSES, gradient_fit_, structure_options
-from surm_nlp.structures.fft import fast_fft_size, skew_circular_convolve
+from surm_nlp.structures.fft import circulant_matmul, fast_fft_size, toeplitz_kernel
 
 # (in_features, out_features): square (even, odd), wide, tall, and degenerate vectors.
 SHAPES = [(8, 8), (7, 7), (5, 12), (12, 5), (16, 48), (48, 16), (1, 6), (6, 1)]
@@ -225,11 +225,60 @@ def test_fast_fft_size():
         assert not any(smooth(k) for k in range(n, size))
 
 
-def test_skew_circular_convolve():
+@pytest.mark.parametrize(("kernel_shape", "x_shape"), [((9,), (4, 6)), ((2, 9), (3, 1, 9)), ((2, 8), (5, 2, 3))])
+def test_circulant_matmul_matches_dense_with_gradients(kernel_shape, x_shape):
+    """The hand-written backward against autograd through dense circulants, with broadcasting."""
     torch.manual_seed(0)
-    h, x = torch.randn(2, 7, dtype=torch.float64), torch.randn(5, 1, 7, dtype=torch.float64)
-    want = torch.stack([x[:, 0] @ f_circulant(row, -1.0).T for row in h], dim=1)
-    torch.testing.assert_close(skew_circular_convolve(h, x), want)
+    kernel = torch.randn(kernel_shape, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+    out_features = kernel_shape[-1] - 2
+    upstream = torch.randn((*torch.broadcast_shapes(kernel_shape[:-1], x_shape[:-1]), out_features))
+    size, n = kernel_shape[-1], x_shape[-1]
+
+    (circulant_matmul(kernel, x, out_features) * upstream).sum().backward()
+    fast = kernel.grad.clone(), x.grad.clone()
+    kernel.grad = x.grad = None
+    dense = torch.stack([f_circulant(k, 1.0) for k in kernel.reshape(-1, size)]).reshape(*kernel_shape, size)
+    want = (dense[..., :out_features, :n] @ x.unsqueeze(-1)).squeeze(-1)
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(fast[0], kernel.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[1], x.grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda k, v: circulant_matmul(k, v, out_features), (kernel, x))
+
+
+def test_circulant_matmul_grad_of_one_input_only():
+    torch.manual_seed(0)
+    kernel, x = torch.randn(8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    for wants_kernel in (True, False):
+        k, v = kernel.clone().requires_grad_(wants_kernel), x.clone().requires_grad_(not wants_kernel)
+        circulant_matmul(k, v, 8).sum().backward()
+        assert (k.grad is not None) == wants_kernel and (v.grad is not None) != wants_kernel
+
+
+def test_circulant_matmul_bfloat16_runs_fft_in_float32():
+    torch.manual_seed(0)
+    kernel = torch.randn(16, dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(4, 16, dtype=torch.bfloat16, requires_grad=True)
+    y = circulant_matmul(kernel, x, 16)
+    y.float().sum().backward()
+    assert y.dtype == kernel.grad.dtype == x.grad.dtype == torch.bfloat16
+    want = x.double() @ f_circulant(kernel.detach().double(), 1.0).T
+    torch.testing.assert_close(y.double(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_circulant_matmul_rejects_short_kernel():
+    with pytest.raises(ValueError, match="cannot map 9"):
+        circulant_matmul(torch.zeros(8), torch.zeros(2, 9), 8)
+
+
+def test_toeplitz_kernel_embeds_skew_circulant():
+    """Z₋₁(h) as a Toeplitz matrix inside a longer circulant, as the LDR structure uses it."""
+    torch.manual_seed(0)
+    h = torch.randn(7, dtype=torch.float64)
+    kernel = toeplitz_kernel(torch.cat([-h[1:], h]), 7, fast_fft_size(13))
+    torch.testing.assert_close(f_circulant(kernel, 1.0)[:7, :7], f_circulant(h, -1.0))
+    with pytest.raises(ValueError, match="cannot hold 13 diagonals"):
+        toeplitz_kernel(torch.cat([-h[1:], h]), 7, 12)
 
 
 def test_kronecker_factors():

@@ -1,8 +1,8 @@
 """Circulant matrices: W = C(c)[:m, :n], W[i, j] = c[(i − j) mod N], N = max(m, n).
 
-Parameters: N = max(in_features, out_features). Mat-vec by real FFT of length N,
-O(N log N) per row of x. A square circulant is full rank unless a DFT coefficient of c vanishes.
-Rectangular shapes use the top-left (m, n) block of the N × N circulant.
+Parameters: N = max(in_features, out_features). Mat-vec by real FFT of length N
+(:func:`~.fft.circulant_matmul`), O(N log N) per row of x. A square circulant is full rank unless
+a DFT coefficient of c vanishes. Rectangular shapes use the top-left (m, n) block of the N × N circulant.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import circular_convolve
+from .fft import circulant_matmul
 
 
 class Circulant(IndexedStructuredMatrix):
@@ -29,5 +29,4 @@ class Circulant(IndexedStructuredMatrix):
         return (rows - cols) % self.size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = circular_convolve(self.weight, x, self.size)
-        return y[..., : self.out_features].to(x.dtype)
+        return circulant_matmul(self.weight, x, self.out_features)

@@ -1,14 +1,24 @@
-"""FFT helpers shared by the circulant, Toeplitz and LDR structures.
+"""The one FFT kernel of the circulant, Toeplitz and LDR structures: a circulant mat-vec.
+
+:func:`circulant_matmul` computes (C(c) · pad(x))[:m] with C(c) the L × L circulant whose first
+column is c: every FFT-based structure is this with its own kernel c and length L (Toeplitz and
+skew-circulant matrices embed in a circulant of length L ≥ m + n − 1, see :func:`toeplitz_kernel`).
+
+Its backward is written by hand: autograd's backward of ``rfft`` zero-pads the gradient to a full
+complex spectrum and runs a complex inverse FFT, twice per call (input and kernel). Here a step
+costs four batched real FFTs: rfft(x) and irfft in the forward, rfft(∂y) and irfft for ∂x in the
+backward (∂c reuses the forward's spectrum of x and needs one unbatched irfft).
 
 FFTs always run in float32 (float64 when an operand is float64): bfloat16 has no FFT and float16
-FFTs exist only on GPUs and only for powers of two. Callers cast the result back to the input dtype.
+FFTs exist only on GPUs and only for powers of two. Results are cast back to the input dtypes.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 
 def fft_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -32,27 +42,51 @@ def fast_fft_size(n: int) -> int:
     return best
 
 
-def circular_convolve(kernel: torch.Tensor, x: torch.Tensor, size: int) -> torch.Tensor:
-    """(kernel ⊛ x) of length ``size``: both zero-padded to ``size`` along the last dimension.
+class CirculantMatmul(torch.autograd.Function):
+    """y = (C(c) · pad(x))[..., :m]; c (..., L) and x (..., n ≤ L) broadcast over leading dims."""
 
-    Equals C(kernel) x with C the size × size circulant whose first column is ``kernel``.
+    @staticmethod
+    def forward(ctx: FunctionCtx, kernel: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        size = kernel.shape[-1]
+        dtype = fft_dtype(kernel, x)
+        kernel_spectrum = torch.fft.rfft(kernel.to(dtype))
+        x_spectrum = torch.fft.rfft(x.to(dtype), n=size)
+        y = torch.fft.irfft(kernel_spectrum * x_spectrum, n=size)[..., :out_features]
+        ctx.save_for_backward(kernel_spectrum, x_spectrum if kernel.requires_grad else None)
+        ctx.shapes = kernel.shape, kernel.dtype, x.shape, x.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        kernel_spectrum, x_spectrum = ctx.saved_tensors
+        (kernel_shape, kernel_dtype, x_shape, x_dtype), size = ctx.shapes, ctx.shapes[0][-1]
+        grad_spectrum = torch.fft.rfft(grad_y.to(kernel_spectrum.real.dtype), n=size)
+        grad_kernel = grad_x = None
+        if ctx.needs_input_grad[0]:  # ∂c[s] = Σ_i ∂y_i x_(i−s) mod L: a correlation, summed over broadcast dims
+            correlation = (grad_spectrum * x_spectrum.conj()).sum_to_size(*kernel_shape[:-1], size // 2 + 1)
+            grad_kernel = torch.fft.irfft(correlation, n=size).to(kernel_dtype)
+        if ctx.needs_input_grad[1]:  # ∂x = C(c)ᵀ ∂y, the correlation with c
+            grad_x = torch.fft.irfft(grad_spectrum * kernel_spectrum.conj(), n=size)[..., : x_shape[-1]]
+            grad_x = grad_x.sum_to_size(x_shape).to(x_dtype)
+        return grad_kernel, grad_x, None
+
+
+def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """(C(kernel) · x zero-padded to L)[..., :out_features], L = kernel.shape[-1]; O(L log L) per row of x."""
+    if x.shape[-1] > kernel.shape[-1] or out_features > kernel.shape[-1]:
+        raise ValueError(f"a circulant of length {kernel.shape[-1]} cannot map {x.shape[-1]} → {out_features}")
+    return CirculantMatmul.apply(kernel, x, out_features)
+
+
+def toeplitz_kernel(diagonals: torch.Tensor, in_features: int, size: int) -> torch.Tensor:
+    """Kernel c of length ``size`` with C(c)[:m, :n] = the Toeplitz matrix W[i, j] = t[i − j + n − 1].
+
+    c[d] = t[d + n − 1] for the diagonals d = 0 … m − 1 and c[L + d] for d = −(n − 1) … −1; the two
+    ranges do not overlap when L ≥ m + n − 1 = len(t), so the embedding is exact.
     """
-    dtype = fft_dtype(kernel, x)
-    spectrum = torch.fft.rfft(kernel.to(dtype), n=size) * torch.fft.rfft(x.to(dtype), n=size)
-    return torch.fft.irfft(spectrum, n=size)
-
-
-def skew_circular_convolve(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Z₋₁(kernel) x, the skew-circulant (first column ``kernel``) times x; same length N.
-
-    Z₋₁(h) = D⁻¹ F⁻¹ diag(F D h) F D with D = diag(ηᵏ), η = e^{iπ/N}: twist, circular
-    convolution, untwist. ``kernel`` (..., N) and ``x`` (..., N) broadcast against each other.
-    """
-    size = x.shape[-1]
-    dtype = fft_dtype(kernel, x)
-    twist = torch.polar(
-        torch.ones(size, device=x.device, dtype=dtype),
-        torch.arange(size, device=x.device, dtype=dtype) * (math.pi / size),
-    )
-    spectrum = torch.fft.fft(kernel.to(dtype) * twist) * torch.fft.fft(x.to(dtype) * twist)
-    return (torch.fft.ifft(spectrum) * twist.conj()).real
+    lower, upper = diagonals[..., in_features - 1 :], diagonals[..., : in_features - 1]
+    gap = size - diagonals.shape[-1]
+    if gap < 0:
+        raise ValueError(f"a circulant of length {size} cannot hold {diagonals.shape[-1]} diagonals")
+    return torch.cat([lower, lower.new_zeros(*lower.shape[:-1], gap), upper], dim=-1)

@@ -7,8 +7,8 @@ Z₁ − Z₋₁ = 2 e₀ e_{N−1}ᵀ, the displacement Z₁W − WZ₋₁ = Σ
 (r = 1, 2) to dense (Sindhwani et al., 2015).
 
 Parameters: 2·r·N with N = max(m, n); rectangular shapes use the top-left (m, n) block.
-Mat-vec by FFT: one twisted FFT of x, then per i a skew-circular and a circular convolution,
-O(r·N log N) per row of x.
+Mat-vec by real FFTs: Z₋₁(h) is the Toeplitz matrix with diagonals (−h₁ … −h_{N−1}, h₀ … h_{N−1}),
+a circulant of length L ≥ 2N − 1; then Z₁(g) is a circulant of length N. O(r·N log N) per row of x.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import StructuredMatrix, require_positive_int
-from .fft import circular_convolve, skew_circular_convolve
+from .fft import circulant_matmul, fast_fft_size, fft_dtype, toeplitz_kernel
 
 
 class LowDisplacementRank(StructuredMatrix):
@@ -27,6 +27,7 @@ class LowDisplacementRank(StructuredMatrix):
         super().__init__(in_features, out_features)
         self.rank = require_positive_int("rank", rank)
         self.size = max(in_features, out_features)
+        self.fft_size = fast_fft_size(2 * self.size - 1)
         self.weight_g = nn.Parameter(torch.empty(rank, self.size))
         self.weight_h = nn.Parameter(torch.empty(rank, self.size))
         self.reset_parameters()
@@ -41,10 +42,12 @@ class LowDisplacementRank(StructuredMatrix):
             nn.init.normal_(self.weight_h, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = nn.functional.pad(x, (0, self.size - self.in_features)).unsqueeze(-2)  # (..., 1, N)
-        u = skew_circular_convolve(self.weight_h, padded)  # Z₋₁(hᵢ) x, (..., r, N)
-        y = circular_convolve(self.weight_g, u, self.size).sum(-2)  # Σᵢ Z₁(gᵢ) uᵢ
-        return y[..., : self.out_features].to(x.dtype)
+        h = self.weight_h
+        skew_diagonals = torch.cat([-h[:, 1:], h], dim=-1)  # Z₋₁(h)[i, j] = h[i − j], or −h[N + i − j] above
+        x_fft = x.to(fft_dtype(h, x)).unsqueeze(-2)  # u stays in the FFT dtype between the two products
+        u = circulant_matmul(toeplitz_kernel(skew_diagonals, self.size, self.fft_size), x_fft, self.size)
+        y = circulant_matmul(self.weight_g, u, self.out_features).sum(-2)  # Σᵢ Z₁(gᵢ) Z₋₁(hᵢ) x
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"

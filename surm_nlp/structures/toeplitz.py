@@ -3,9 +3,9 @@
 Toeplitz: W[i, j] = t[i − j + n − 1], t has m + n − 1 entries (every diagonal free).
 Symmetric Toeplitz: W[i, j] = s[|i − j|], s has max(m, n) entries.
 
-Both are the exact (m, n) shape, no truncation. W x is the middle of the linear convolution
-t * x: a circular convolution of any length L ≥ m + n − 1 wraps only entries that are dropped,
-so L is rounded up to a fast FFT size (2^a·3^b·5^c), O(L log L) per row of x.
+Both are the exact (m, n) shape, no truncation: W is the top-left block of an L × L circulant
+for any L ≥ m + n − 1 (:func:`~.fft.toeplitz_kernel`), and L is rounded up to a fast FFT size
+(2^a·3^b·5^c), O(L log L) per row of x.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import circular_convolve, fast_fft_size
+from .fft import circulant_matmul, fast_fft_size, toeplitz_kernel
 
 
 class Toeplitz(IndexedStructuredMatrix):
@@ -41,9 +41,8 @@ class Toeplitz(IndexedStructuredMatrix):
         return self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = circular_convolve(self.diagonals(), x, self.fft_size)
-        start = self.in_features - 1
-        return y[..., start : start + self.out_features].to(x.dtype)
+        kernel = toeplitz_kernel(self.diagonals(), self.in_features, self.fft_size)
+        return circulant_matmul(kernel, x, self.out_features)
 
 
 class SymmetricToeplitz(Toeplitz):

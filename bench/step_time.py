@@ -1,0 +1,248 @@
+"""Model-level benchmark: one training step (or one inference forward) of each fine-tuning method.
+
+Every variant is its own copy of the same randomly initialised model (RoBERTa-base shape built from
+its config, no download), adapted on the same targets (query, value). The variants run interleaved
+round-robin within one process, so drift in the machine's speed hits all of them alike; the table
+shows the median step time, the ratio to PEFT LoRA r=8 (training) or to the base model
+(inference), trainable parameters and peak memory.
+
+    python bench/step_time.py --output bench/step_time.json                   # training steps
+    python bench/step_time.py --mode inference --output bench/inference.json  # merged / un-merged
+
+Training step = forward, cross-entropy, backward, AdamW step. Peak memory: on CUDA the peak
+allocated memory of each variant's step; on CPU the peak resident memory of a fresh process that
+builds only that variant and runs ``--memory_steps`` steps (``--no_memory`` skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import C3AConfig, LoKrConfig, LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from surm_nlp.glue.methods import Method, apply_method, head_modules
+from surm_nlp.structures import STRUCTURES
+
+TARGETS = ["query", "value"]
+SURM_STRUCTURES = [s for s in STRUCTURES if s != "lowrank"]
+SURM_RANK = {"ldr": 1}  # the structures' own options; displacement rank 1 for LDR
+
+
+def peft_variant(config_class: type, **kwargs: object) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    def build(model: torch.nn.Module) -> torch.nn.Module:
+        config = config_class(target_modules=TARGETS, modules_to_save=head_modules(model), **kwargs)
+        return get_peft_model(model, config)
+
+    return build
+
+
+def method_variant(method: Method) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    return lambda model: apply_method(model, method, "bench")
+
+
+def head_only(model: torch.nn.Module) -> torch.nn.Module:
+    heads = head_modules(model)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.split(".")[0] in heads
+    return model
+
+
+TRAIN_VARIANTS: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
+    "head-only": head_only,
+    "lora r=8": peft_variant(LoraConfig, r=8, lora_alpha=16),
+    "lora r=1": peft_variant(LoraConfig, r=1, lora_alpha=2),
+    "c3a 768": peft_variant(C3AConfig, block_size=768),
+    "lokr r=8": peft_variant(LoKrConfig, r=8),
+    "full": method_variant(Method(baseline="full")),
+    **{
+        f"surm-lora {s}": method_variant(Method(surm=s, rank=SURM_RANK.get(s), targets=tuple(TARGETS)))
+        for s in SURM_STRUCTURES
+    },
+    **{
+        f"surm-adapter {s}": method_variant(Method(surm=s, surm_mode="adapter", rank=SURM_RANK.get(s)))
+        for s in SURM_STRUCTURES
+    },
+}
+
+
+def merged(build: Callable[[torch.nn.Module], torch.nn.Module]) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    return lambda model: build(model).merge_and_unload()
+
+
+INFERENCE_VARIANTS: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
+    "base": lambda model: model,
+    "lora r=8": TRAIN_VARIANTS["lora r=8"],
+    **{f"surm-lora {s}": TRAIN_VARIANTS[f"surm-lora {s}"] for s in SURM_STRUCTURES},
+    **{f"surm-lora {s} merged": merged(TRAIN_VARIANTS[f"surm-lora {s}"]) for s in SURM_STRUCTURES},
+}
+
+
+def base_model(args: argparse.Namespace) -> torch.nn.Module:
+    config = AutoConfig.for_model(args.model_type, num_labels=2)
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config).to(args.device, args.dtype)
+
+
+def make_batch(args: argparse.Namespace, vocab_size: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab_size, (args.batch_size, args.seq_len), generator=generator)
+    labels = torch.randint(0, 2, (args.batch_size,), generator=generator)
+    return {"input_ids": ids.to(args.device), "labels": labels.to(args.device)}
+
+
+class Runner:
+    """One variant: its model, optimizer and one timed step."""
+
+    def __init__(self, model: torch.nn.Module, mode: str) -> None:
+        self.model, self.mode = model, mode
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.num_trainable = sum(p.numel() for p in trainable)
+        if mode == "train":
+            model.train()
+            self.optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+        else:
+            model.eval()
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        if self.mode == "train":
+            self.model(**batch).loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode():
+                self.model(input_ids=batch["input_ids"])
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build_runners(args: argparse.Namespace, variants: dict) -> dict[str, Runner]:
+    """A runner per variant, each on its own copy of the base model (the only variant takes the original)."""
+    model = base_model(args)
+    copies = [copy.deepcopy(model) for _ in args.variants[1:]] + [model]
+    return {name: Runner(variants[name](m), args.mode) for name, m in zip(args.variants, copies, strict=True)}
+
+
+def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict) -> dict[str, dict]:
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    peak: dict[str, int] = {}
+    for i in range(args.warmup + args.repeats):
+        for name, runner in runners.items():
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            synchronize(args.device)
+            start = time.perf_counter()
+            runner.step(batch)
+            synchronize(args.device)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+            if args.device.startswith("cuda"):
+                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+    rows = {}
+    for name, t in times.items():
+        rows[name] = {"median_s": statistics.median(t), "trainable_params": runners[name].num_trainable}
+        rows[name]["peak_bytes"] = peak.get(name)
+    return rows
+
+
+def cpu_peak_memory(args: argparse.Namespace, variant: str) -> int:
+    """Peak resident bytes of a fresh process that builds ``variant`` and runs ``--memory_steps`` steps."""
+    command = [
+        sys.executable, __file__, "--memory_child", "--mode", args.mode, "--model_type", args.model_type,
+        "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len), "--dtype", str(args.dtype).split(".")[1],
+        "--memory_steps", str(args.memory_steps), "--variants", variant,
+    ]  # fmt: skip
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return int(output.strip().splitlines()[-1])
+
+
+def memory_child(args: argparse.Namespace, variants: dict) -> None:
+    runners = build_runners(args, variants)
+    (runner,) = runners.values()
+    batch = make_batch(args, runner.model.config.vocab_size)
+    for _ in range(args.memory_steps):
+        runner.step(batch)
+    print(peak_resident_bytes())
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory: VmHWM on Linux (reset by exec, unlike ru_maxrss), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["train", "inference"], default="train")
+    parser.add_argument("--model_type", default="roberta", help="a transformers model type, default config")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--variants", nargs="+", default=None, help="default: every variant of --mode")
+    parser.add_argument("--memory_steps", type=int, default=3)
+    parser.add_argument("--no_memory", action="store_true", help="skip the CPU peak-memory processes")
+    parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+    args.dtype = getattr(torch, args.dtype)
+    variants = TRAIN_VARIANTS if args.mode == "train" else INFERENCE_VARIANTS
+    args.variants = args.variants or list(variants)
+    unknown = sorted(set(args.variants) - set(variants))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(variants)}")
+    if args.memory_child:
+        return memory_child(args, variants)
+
+    runners = build_runners(args, variants)
+    batch = make_batch(args, next(iter(runners.values())).model.config.vocab_size)
+    rows = time_steps(args, runners, batch)
+    del runners
+    if not args.device.startswith("cuda") and not args.no_memory:
+        for name in rows:
+            rows[name]["peak_bytes"] = cpu_peak_memory(args, name)
+    reference = "lora r=8" if args.mode == "train" else "base"
+    for row in rows.values():
+        row["vs_reference"] = row["median_s"] / rows[reference]["median_s"] if reference in rows else None
+        if row["peak_bytes"] and reference in rows and rows[reference]["peak_bytes"]:
+            row["memory_vs_reference"] = row["peak_bytes"] / rows[reference]["peak_bytes"]
+
+    on_cuda = args.device.startswith("cuda")
+    device = torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine()
+    meta = {
+        "torch": torch.__version__, "device": device, "threads": torch.get_num_threads(), "mode": args.mode,
+        "model_type": args.model_type, "batch": [args.batch_size, args.seq_len], "dtype": str(args.dtype),
+        "repeats": args.repeats, "reference": reference,
+    }  # fmt: skip
+    print(json.dumps(meta))
+    print(f"{'variant':<30} {'median s':>9} {'/' + reference:>10} {'trainable':>11} {'peak MiB':>9} {'mem ratio':>9}")
+    for name, r in rows.items():
+        ratio = f"{r['vs_reference']:.3f}" if r["vs_reference"] else "-"
+        mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
+        mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
+        print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {r['trainable_params']:>11,} {mem:>9} {mem_ratio:>9}")
+    if args.output:
+        args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
