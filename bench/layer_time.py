@@ -4,7 +4,7 @@ Every variant runs y = S(x), loss = (y * g).sum(), loss.backward() on an input x
 that requires grad, as inside a network. Variants are interleaved round-robin so drift in the
 machine's speed hits all of them alike; the table shows the median over ``--repeats``.
 
-    python bench/layer_time.py --shapes 768x768 768x3072 --rows 1024 --output bench/layer_time.json
+    python bench/layer_time.py --rows 1024 --repeats 20 --output bench/layer_time.json
 """
 
 from __future__ import annotations
@@ -85,7 +85,11 @@ def parse_shape(text: str) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--shapes", type=parse_shape, nargs="+", default=[(768, 768), (768, 3072)], help="in x out, e.g. 768x3072"
+        "--shapes",
+        type=parse_shape,
+        nargs="+",
+        default=[(768, 768), (768, 3072), (1024, 1024), (4096, 4096)],
+        help="in x out, e.g. 768x3072",
     )
     parser.add_argument("--rows", type=int, default=1024, help="rows of the input x")
     parser.add_argument("--repeats", type=int, default=20)

@@ -131,10 +131,9 @@ def synchronize(device: str) -> None:
 
 
 def build_runners(args: argparse.Namespace, variants: dict) -> dict[str, Runner]:
-    """A runner per variant, each on its own copy of the base model (the only variant takes the original)."""
+    """A runner per variant, each on its own deep copy of the base model (alike in memory layout)."""
     model = base_model(args)
-    copies = [copy.deepcopy(model) for _ in args.variants[1:]] + [model]
-    return {name: Runner(variants[name](m), args.mode) for name, m in zip(args.variants, copies, strict=True)}
+    return {name: Runner(variants[name](copy.deepcopy(model)), args.mode) for name in args.variants}
 
 
 def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict) -> dict[str, dict]:

@@ -2,7 +2,8 @@
 """Run GLUE tasks × methods × seeds with run_glue.py, skip finished runs, and write the paper-style table and plot.
 
 Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` and counts as finished once its
-``all_results.json`` exists, so an interrupted sweep resumes where it stopped. The table
+``all_results.json`` holds the task's eval metrics (run_glue.py writes the train metrics there
+first), so an interrupted sweep resumes where it stopped. The table
 (``results/glue_{name}.md`` and ``.csv``: mean ± std over seeds per task, their average, trainable
 parameters outside the head) and the plot (average score vs parameters, log x, SURM highlighted) are
 the shape of the paper's Table 5 and Figure 7 (right)::
@@ -65,12 +66,19 @@ def run_dir(runs_dir: Path, task: str, method: str, seed: int) -> Path:
     return runs_dir / task / method / f"seed{seed}"
 
 
+def finished_results(output: Path, task: str) -> dict | None:
+    """The run's ``all_results.json`` if it holds the task's eval metrics, else None (not run or interrupted)."""
+    path = output / "all_results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    return results if all(key in results for key in TASK_METRICS[task]) else None
+
+
 def run_all(args: argparse.Namespace, extra: list[str]) -> None:
     for task in args.tasks:
         for method in args.methods:
             for seed in args.seeds:
                 output = run_dir(args.runs_dir, task, method, seed)
-                if (output / "all_results.json").is_file():
+                if finished_results(output, task):
                     print(f"done already: {output}", flush=True)
                     continue
                 command = [
@@ -95,8 +103,9 @@ def collect(runs_dir: Path, tasks: list[str], methods: list[str]) -> dict[str, d
     for method in methods:
         row = {"scores": {}, "params": None}
         for task in tasks:
-            for path in sorted((runs_dir / task / method).glob("seed*/all_results.json")):
-                results = json.loads(path.read_text())
+            for output in sorted((runs_dir / task / method).glob("seed*")):
+                if (results := finished_results(output, task)) is None:
+                    continue
                 row["scores"].setdefault(task, []).append(score(results, task))
                 row["params"] = row["params"] or results["adapter_params"]
         if row["scores"]:

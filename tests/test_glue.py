@@ -220,6 +220,16 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
     stamp = finished.stat().st_mtime_ns
     sweep.main(argv)  # everything finished: nothing runs again
     assert finished.stat().st_mtime_ns == stamp
+    interrupted = tmp_path / "runs" / "rte" / "surm-adapter-circulant" / "seed0" / "all_results.json"
+    complete = interrupted.read_text()
+    interrupted.write_text(json.dumps({"train_loss": 0.7}))  # killed after training, before evaluation
+    sweep.main(["--report_only", *argv])
+    assert "surm-adapter-circulant" not in (tmp_path / "results" / "glue_tiny.md").read_text()
+    sweep.main(argv)  # reruns only the interrupted run
+    assert (
+        finished.stat().st_mtime_ns == stamp
+        and json.loads(interrupted.read_text()).keys() == json.loads(complete).keys()
+    )
     table = (tmp_path / "results" / "glue_tiny.md").read_text()
     results = {
         m: json.loads((tmp_path / "runs" / "rte" / m / "seed0" / "all_results.json").read_text())

@@ -6,8 +6,8 @@ skew-circulant matrices embed in a circulant of length L ≥ m + n − 1, see :f
 
 Its backward is written by hand: autograd's backward of ``rfft`` zero-pads the gradient to a full
 complex spectrum and runs a complex inverse FFT, twice per call (input and kernel). Here a step
-costs four batched real FFTs: rfft(x) and irfft in the forward, rfft(∂y) and irfft for ∂x in the
-backward (∂c reuses the forward's spectrum of x and needs one unbatched irfft).
+costs five batched real FFTs: rfft(x) and irfft in the forward; rfft(∂y), irfft for ∂x and rfft(x)
+again for ∂c in the backward (plus one unbatched irfft), and saves only x for the backward.
 
 FFTs always run in float32 (float64 when an operand is float64): bfloat16 has no FFT and float16
 FFTs exist only on GPUs and only for powers of two. Results are cast back to the input dtypes.
@@ -52,19 +52,26 @@ class CirculantMatmul(torch.autograd.Function):
         kernel_spectrum = torch.fft.rfft(kernel.to(dtype))
         x_spectrum = torch.fft.rfft(x.to(dtype), n=size)
         y = torch.fft.irfft(kernel_spectrum * x_spectrum, n=size)[..., :out_features]
-        ctx.save_for_backward(kernel_spectrum, x_spectrum if kernel.requires_grad else None)
+        # x, not its spectrum: the layer's input is usually saved for backward anyway, so this costs no
+        # memory, where the spectrum would add (L/n)·|x| per layer; the backward redoes rfft(x) instead.
+        ctx.save_for_backward(kernel_spectrum, x if kernel.requires_grad else None)
         ctx.shapes = kernel.shape, kernel.dtype, x.shape, x.dtype
         return y.to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        kernel_spectrum, x_spectrum = ctx.saved_tensors
+        kernel_spectrum, x = ctx.saved_tensors
         (kernel_shape, kernel_dtype, x_shape, x_dtype), size = ctx.shapes, ctx.shapes[0][-1]
         grad_spectrum = torch.fft.rfft(grad_y.to(kernel_spectrum.real.dtype), n=size)
         grad_kernel = grad_x = None
         if ctx.needs_input_grad[0]:  # ∂c[s] = Σ_i ∂y_i x_(i−s) mod L: a correlation, summed over broadcast dims
-            correlation = (grad_spectrum * x_spectrum.conj()).sum_to_size(*kernel_shape[:-1], size // 2 + 1)
+            x_spectrum = torch.fft.rfft(x.to(grad_spectrum.real.dtype), n=size)
+            if len(kernel_shape) == 1:  # one kernel for every row: a dot product per frequency
+                bins = grad_spectrum.shape[-1]
+                correlation = torch.linalg.vecdot(x_spectrum.reshape(-1, bins), grad_spectrum.reshape(-1, bins), dim=0)
+            else:
+                correlation = (grad_spectrum * x_spectrum.conj()).sum_to_size(*kernel_shape[:-1], size // 2 + 1)
             grad_kernel = torch.fft.irfft(correlation, n=size).to(kernel_dtype)
         if ctx.needs_input_grad[1]:  # ∂x = C(c)ᵀ ∂y, the correlation with c
             grad_x = torch.fft.irfft(grad_spectrum * kernel_spectrum.conj(), n=size)[..., : x_shape[-1]]
