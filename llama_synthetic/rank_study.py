@@ -41,7 +41,7 @@ from transformers import (
 )
 
 from surm_nlp import SurmConfig
-from surm_nlp.structures import structure_options
+from surm_nlp.structures import rank_options
 from surm_nlp.trainer import SurmTrainer
 
 from .data import IGNORE_INDEX, TokenDataset, make_split, make_task
@@ -143,10 +143,8 @@ class Run:
 def parse_surm(spec: str) -> Run:
     """``"toeplitz"`` or ``"ldr:2"`` → a SURM run."""
     name, _, rank = spec.partition(":")
-    options = structure_options(name)  # raises on an unknown structure
-    if rank and "rank" not in options:
-        raise ValueError(f"structure {name!r} takes no rank, got {spec!r}")
-    return Run("surm", name, int(rank) if rank else None)
+    options = rank_options(name, int(rank) if rank else None)  # raises on an unknown structure or a stray rank
+    return Run("surm", name, options.get("rank"))
 
 
 def load_model(settings: Settings) -> PreTrainedModel:

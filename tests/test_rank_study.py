@@ -57,7 +57,7 @@ def test_exact_match_scores_the_shifted_predictions():
 def test_parse_surm():
     assert rank_study.parse_surm("ldr:2") == rank_study.Run("surm", "ldr", 2)
     assert rank_study.parse_surm("toeplitz").name == "surm_toeplitz"
-    with pytest.raises(ValueError, match="takes no rank"):
+    with pytest.raises(ValueError, match="rank applies to the ldr and lowrank structures, not to 'circulant'"):
         rank_study.parse_surm("circulant:2")
     with pytest.raises(ValueError, match="unknown structure"):
         rank_study.parse_surm("butterfly")
