@@ -42,4 +42,6 @@ test: lint
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) bench/layer_time.py --output bench/layer_time.json
+	$(PY) bench/layer_time.py --repeats 20 --output bench/layer_time.json
+	$(PY) bench/step_time.py --repeats 7 --warmup 2 --output bench/step_time.json
+	$(PY) bench/step_time.py --mode inference --repeats 10 --warmup 2 --no_memory --output bench/inference_time.json

@@ -6,7 +6,7 @@
 | toeplitz             | t[i − j + n − 1]                     | m + n − 1       | rFFT, ≥m+n−1 |
 | symmetric_toeplitz   | s[abs(i − j)]                        | N               | rFFT, ≥m+n−1 |
 | kronecker            | A ⊗ B                                | m₁n₁ + m₂n₂     | two matmuls  |
-| ldr                  | Σᵢ₌₁ʳ Z₁(gᵢ) Z₋₁(hᵢ), top-left block | 2rN             | FFT, N       |
+| ldr                  | Σᵢ₌₁ʳ Z₁(gᵢ) Z₋₁(hᵢ), top-left block | 2rN             | rFFT, 2N + N |
 | lowrank              | B A                                  | r(m + n)        | two matmuls  |
 """
 
