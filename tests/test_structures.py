@@ -246,6 +246,18 @@ def test_circulant_matmul_matches_dense_with_gradients(kernel_shape, x_shape):
     assert torch.autograd.gradcheck(lambda k, v: circulant_matmul(k, v, out_features), (kernel, x))
 
 
+@pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz"])
+def test_fft_structures_save_no_batch_sized_spectrum(name):
+    """Backward memory: x itself (shared with the base layer) and the kernel's spectrum, nothing of size L·rows."""
+    s = make_structure(name, 24, 24)
+    x = torch.randn(16, 24, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        s(x)
+    batch_sized = [t for t in saved if t.numel() >= x.numel()]
+    assert batch_sized and all(t is x for t in batch_sized)
+
+
 def test_circulant_matmul_grad_of_one_input_only():
     torch.manual_seed(0)
     kernel, x = torch.randn(8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
