@@ -4,7 +4,7 @@ Every variant is its own copy of the same randomly initialised model (RoBERTa-ba
 its config, no download), adapted on the same targets (query, value). The variants run interleaved
 round-robin within one process, so drift in the machine's speed hits all of them alike; the table
 shows the median step time, the ratio to PEFT LoRA r=8 (training) or to the base model
-(inference), trainable parameters and peak memory.
+(inference), trainable parameters (training) or all parameters (inference) and peak memory.
 
     python bench/step_time.py --output bench/step_time.json                   # training steps
     python bench/step_time.py --mode inference --output bench/inference.json  # merged / un-merged
@@ -108,7 +108,8 @@ class Runner:
     def __init__(self, model: torch.nn.Module, mode: str) -> None:
         self.model, self.mode = model, mode
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.num_trainable = sum(p.numel() for p in trainable)
+        counted = trainable if mode == "train" else list(model.parameters())
+        self.num_params = sum(p.numel() for p in counted)  # trainable ones in training, all in inference
         if mode == "train":
             model.train()
             self.optimizer = torch.optim.AdamW(trainable, lr=1e-5)
@@ -151,11 +152,10 @@ def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict
                 times[name].append(time.perf_counter() - start)
             if args.device.startswith("cuda"):
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
-    rows = {}
-    for name, t in times.items():
-        rows[name] = {"median_s": statistics.median(t), "trainable_params": runners[name].num_trainable}
-        rows[name]["peak_bytes"] = peak.get(name)
-    return rows
+    return {
+        name: {"median_s": statistics.median(t), "params": runners[name].num_params, "peak_bytes": peak.get(name)}
+        for name, t in times.items()
+    }
 
 
 def cpu_peak_memory(args: argparse.Namespace, variant: str) -> int:
@@ -233,12 +233,13 @@ def main() -> None:
         "repeats": args.repeats, "reference": reference,
     }  # fmt: skip
     print(json.dumps(meta))
-    print(f"{'variant':<30} {'median s':>9} {'/' + reference:>10} {'trainable':>11} {'peak MiB':>9} {'mem ratio':>9}")
+    params = "trainable" if args.mode == "train" else "params"
+    print(f"{'variant':<30} {'median s':>9} {'/' + reference:>10} {params:>11} {'peak MiB':>9} {'mem ratio':>9}")
     for name, r in rows.items():
         ratio = f"{r['vs_reference']:.3f}" if r["vs_reference"] else "-"
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
         mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
-        print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {r['trainable_params']:>11,} {mem:>9} {mem_ratio:>9}")
+        print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
     if args.output:
         args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
