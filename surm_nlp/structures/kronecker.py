@@ -2,7 +2,7 @@
 
 Parameters: m₁n₁ + m₂n₂. rank(A ⊗ B) = rank(A)·rank(B), so W can be full rank.
 Mat-vec without building W: with X = x reshaped to (n₁, n₂), W x = vec(A X Bᵀ),
-O(m₁n₁n₂ + m₁n₂m₂) per row of x instead of O(mn).
+O(m₁n₁n₂ + m₁n₂m₂) per row of x instead of O(mn); the backward keeps only x (:class:`KroneckerMatmul`).
 
 Factor shapes: by default each dimension d is split as d = f·(d / f) with f the largest divisor
 of d not above √d (768 = 24·32, 3072 = 48·64), giving A (f_m × f_n) and B (m/f_m × n/f_n).
@@ -13,9 +13,11 @@ gets f = 1, so that side of W is dense.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import StructuredMatrix
 
@@ -23,6 +25,34 @@ from .base import StructuredMatrix
 def balanced_divisor(d: int) -> int:
     """Largest divisor of d that is ≤ √d."""
     return max(f for f in range(1, math.isqrt(d) + 1) if d % f == 0)
+
+
+class KroneckerMatmul(torch.autograd.Function):
+    """Rows of x (R, n₁n₂) ↦ rows of vec(A X Bᵀ) (R, m₁m₂); saves only A, B and x for the backward.
+
+    Autograd would also keep the intermediate A X, as large as x; the backward recomputes it
+    instead (one small matmul, R·m₁n₁n₂ multiply-adds).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b, x)
+        left = torch.matmul(a, x.reshape(-1, a.shape[1], b.shape[1]))  # A X, (R, m₁, n₂)
+        return (left.reshape(-1, b.shape[1]) @ b.T).reshape(x.shape[0], -1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b, x = ctx.saved_tensors
+        (m1, n1), (m2, n2) = a.shape, b.shape
+        x_matrix, grad_y = x.reshape(-1, n1, n2), grad_y.reshape(-1, m2)
+        grad_left = (grad_y @ b).reshape(-1, m1, n2)  # ∂(A X)
+        grad_a = torch.einsum("rij,rkj->ik", grad_left, x_matrix) if ctx.needs_input_grad[0] else None
+        grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_b = grad_y.T @ torch.matmul(a, x_matrix).reshape(-1, n2)  # recomputes A X
+        grad_x = torch.matmul(a.T, grad_left).reshape(x.shape) if ctx.needs_input_grad[2] else None
+        return grad_a, grad_b, grad_x
 
 
 class Kronecker(StructuredMatrix):
@@ -70,9 +100,7 @@ class Kronecker(StructuredMatrix):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.weight_a, self.weight_b
-        x_matrix = x.to(a.dtype).reshape(*x.shape[:-1], a.shape[1], b.shape[1])
-        y = torch.matmul(torch.matmul(a, x_matrix), b.T)  # A X Bᵀ, (..., m₁, m₂)
+        y = KroneckerMatmul.apply(self.weight_a, self.weight_b, x.to(self.weight_a.dtype).reshape(-1, self.in_features))
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
