@@ -47,7 +47,7 @@ class KroneckerMatmul(torch.autograd.Function):
         (m1, n1), (m2, n2) = a.shape, b.shape
         x_matrix, grad_y = x.reshape(-1, n1, n2), grad_y.reshape(-1, m2)
         grad_left = (grad_y @ b).reshape(-1, m1, n2)  # ∂(A X)
-        grad_a = torch.einsum("rij,rkj->ik", grad_left, x_matrix) if ctx.needs_input_grad[0] else None
+        grad_a = torch.matmul(grad_left, x_matrix.transpose(1, 2)).sum(0) if ctx.needs_input_grad[0] else None
         grad_b = None
         if ctx.needs_input_grad[1]:
             grad_b = grad_y.T @ torch.matmul(a, x_matrix).reshape(-1, n2)  # recomputes A X
