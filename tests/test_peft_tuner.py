@@ -94,6 +94,26 @@ def test_merge_unmerge_and_unload(structure):
     torch.testing.assert_close(logits(merged, ids), adapted, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_inference_folds_the_update_into_the_weight_with_the_same_result(structure):
+    """The no-grad eval forward (x (W₀ + Σ αS)ᵀ) against the structured product, float64, 32 → 48."""
+    config = surm_config(structure, target_modules=["intermediate.dense"], init_weights=False, alpha=0.7)
+    model = get_peft_model(tiny_roberta().double(), config)
+    model.add_adapter("second", surm_config("circulant", target_modules=["intermediate.dense"], init_weights=False))
+    model.base_model.set_adapter(["default", "second"])
+    model.eval()
+    layer = model.base_model.model.roberta.encoder.layer[0].intermediate.dense
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    structured = layer(x)  # gradients enabled: the structured product
+    assert not layer._folds_into_weight(x) and structured.requires_grad
+    with torch.no_grad():
+        assert layer._folds_into_weight(x)
+        torch.testing.assert_close(layer(x), structured.detach(), rtol=1e-12, atol=1e-12)
+        assert not layer._folds_into_weight(x[:1, :1])  # one row: the structured product is cheaper
+        model.train()
+        assert not layer._folds_into_weight(x)  # dropout may be active
+
+
 @pytest.mark.parametrize("structure", ["toeplitz", "kronecker", "lowrank"])
 def test_save_and_load_in_process(structure, tmp_path):
     ids = token_ids()

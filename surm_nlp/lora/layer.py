@@ -1,4 +1,8 @@
-"""The SURM-LoRA layer: y = W₀x + b + α·S(dropout(x)) around a frozen linear layer."""
+"""The SURM-LoRA layer: y = W₀x + b + α·S(dropout(x)) around a frozen linear layer.
+
+Training (and any forward with gradients) applies S with its fast structured product; inference
+on a plain ``nn.Linear`` folds αS into W₀ for the forward instead (one matmul, as a merged model).
+"""
 
 from __future__ import annotations
 
@@ -105,6 +109,8 @@ class Linear(nn.Module, SurmLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters and self.merged:
             self.unmerge()
+        if not (self.disable_adapters or self.merged) and self._folds_into_weight(x):
+            return self._forward_folded(x)
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters or self.merged:
             return result
@@ -115,6 +121,33 @@ class Linear(nn.Module, SurmLayer):
                 delta = self.surm_matrix[adapter](self.surm_dropout[adapter](x))
                 result = result + (delta * self.scaling[adapter]).to(result.dtype)
         return result
+
+    def _folds_into_weight(self, x: torch.Tensor) -> bool:
+        """Inference on a plain ``nn.Linear`` with enough rows: x (W₀ + Σ αS)ᵀ is cheaper than the FFTs.
+
+        Materialising S costs O(mn) once per forward; the structured product costs O(L log L) per
+        row of x, so folding pays from about max(m, n)/16 rows on (a sequence of a few tokens, not
+        single-token decoding). Not with gradients (training keeps the structured backward), dropout
+        (train mode), or a base layer whose weight is not a plain tensor outside its own forward
+        (quantized, DeepSpeed ZeRO-3 partitioned, accelerate-offloaded).
+        """
+        base = self.get_base_layer()
+        return (
+            not torch.is_grad_enabled()
+            and not self.training
+            and type(base) is nn.Linear
+            and not hasattr(base, "_hf_hook")
+            and not hasattr(base.weight, "ds_id")
+            and x.numel() // x.shape[-1] >= max(self.in_features, self.out_features) // 16
+        )
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        weight = base.weight
+        for adapter in self.active_adapters:
+            if adapter in self.surm_matrix:
+                weight = weight + self.get_delta_weight(adapter).to(weight.dtype)
+        return nn.functional.linear(x, weight, base.bias)
 
     def __repr__(self) -> str:
         return "surm." + super().__repr__()
