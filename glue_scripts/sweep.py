@@ -120,10 +120,10 @@ def write_report(table: dict[str, dict], tasks: list[str], name: str, results_di
     for method, row in table.items():
         scores = row["scores"]
         complete = all(task in scores for task in tasks)
-        average = np.mean([np.mean(scores[task]) for task in tasks]) if complete else float("nan")
+        average = f"{np.mean([np.mean(scores[task]) for task in tasks]):.1f}" if complete else "–"
         cells = [f"{np.mean(s):.1f} ± {np.std(s):.1f}" if (s := scores.get(task)) else "–" for task in tasks]
         seeds = sorted({len(s) for s in scores.values()})
-        rows.append([method, f"{row['params']:,}", *cells, f"{average:.1f}", "/".join(map(str, seeds))])
+        rows.append([method, f"{row['params']:,}", *cells, average, "/".join(map(str, seeds))])
     with (results_dir / f"glue_{name}.csv").open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
@@ -132,16 +132,16 @@ def write_report(table: dict[str, dict], tasks: list[str], name: str, results_di
 
 
 def plot(table: dict[str, dict], tasks: list[str], path: Path) -> None:
+    """Average score vs parameters, over the tasks that every method has finished (all, once the sweep is done)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tasks = [task for task in tasks if all(task in row["scores"] for row in table.values())]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, row in table.items():
-        if not all(task in row["scores"] for task in tasks):
-            continue
-        average = np.mean([np.mean(row["scores"][task]) for task in tasks])
+        average = np.mean([np.mean(row["scores"][task]) for task in tasks]) if tasks else float("nan")
         surm = method.startswith("surm")
         ax.scatter(row["params"], average, s=60 if surm else 30, marker="*" if surm else "o", c="C3" if surm else "C0")
         ax.annotate(method, (row["params"], average), fontsize=7, xytext=(3, 3), textcoords="offset points")
