@@ -103,13 +103,15 @@ def test_inference_folds_the_update_into_the_weight_with_the_same_result(structu
     model.base_model.set_adapter(["default", "second"])
     model.eval()
     layer = model.base_model.model.roberta.encoder.layer[0].intermediate.dense
-    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    x = torch.randn(4, 10, 32, dtype=torch.float64)  # 40 rows: enough for every structure (LDR needs 32)
     structured = layer(x)  # gradients enabled: the structured product
     assert not layer._folds_into_weight(x) and structured.requires_grad
     with torch.no_grad():
         assert layer._folds_into_weight(x)
         torch.testing.assert_close(layer(x), structured.detach(), rtol=1e-12, atol=1e-12)
         assert not layer._folds_into_weight(x[:1, :1])  # one row: the structured product is cheaper
+        # LDR's to_dense is its product on 32 identity rows: 10 rows fold only for the cheap structures
+        assert layer._folds_into_weight(x[:1]) == (structure != "ldr")
         model.train()
         assert not layer._folds_into_weight(x)  # dropout may be active
 

@@ -116,37 +116,46 @@ class Linear(nn.Module, SurmLayer):
             return result
         if self.quantization_backend is not None:
             result = self.quantization_backend.maybe_clone_base_result(result)
-        for adapter in self.active_adapters:
-            if adapter in self.surm_matrix:
-                delta = self.surm_matrix[adapter](self.surm_dropout[adapter](x))
-                result = result + (delta * self.scaling[adapter]).to(result.dtype)
+        for adapter in self._active_surm():
+            delta = self.surm_matrix[adapter](self.surm_dropout[adapter](x))
+            result = result + (delta * self.scaling[adapter]).to(result.dtype)
         return result
 
     def _folds_into_weight(self, x: torch.Tensor) -> bool:
         """Inference on a plain ``nn.Linear`` with enough rows: x (W₀ + Σ αS)ᵀ is cheaper than the FFTs.
 
-        Materialising S costs O(mn) once per forward; the structured product costs O(L log L) per
-        row of x, so folding pays from about max(m, n)/16 rows on (a sequence of a few tokens, not
-        single-token decoding). Not with gradients (training keeps the structured backward), dropout
-        (train mode), or a base layer whose weight is not a plain tensor outside its own forward
-        (quantized, DeepSpeed ZeRO-3 partitioned, accelerate-offloaded).
+        Materialising S costs O(mn) once per forward where ``to_dense`` is a gather or an outer
+        product; the structured product costs O(L log L) per row of x, so folding pays from about
+        max(m, n)/16 rows on (a sequence of a few tokens, not single-token decoding). A structure
+        without a cheap ``to_dense`` (LDR) builds S from in_features rows of its product, so it folds
+        only from that many rows. Not with gradients (training keeps the structured backward),
+        dropout (train mode), or a base layer whose weight is not a plain tensor outside its own
+        forward (quantized, DeepSpeed ZeRO-3 partitioned, accelerate-offloaded).
         """
         base = self.get_base_layer()
+        cheap_rows = max(self.in_features, self.out_features) // 16
+        min_rows = max(
+            (cheap_rows if self.surm_matrix[a].dense_is_cheap else self.in_features for a in self._active_surm()),
+            default=0,
+        )
         return (
             not torch.is_grad_enabled()
             and not self.training
             and type(base) is nn.Linear
             and not hasattr(base, "_hf_hook")
             and not hasattr(base.weight, "ds_id")
-            and x.numel() // x.shape[-1] >= max(self.in_features, self.out_features) // 16
+            and x.numel() // x.shape[-1] >= min_rows
         )
+
+    def _active_surm(self) -> list[str]:
+        """The active adapters that this layer holds a structured matrix for."""
+        return [adapter for adapter in self.active_adapters if adapter in self.surm_matrix]
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         base = self.get_base_layer()
         weight = base.weight
-        for adapter in self.active_adapters:
-            if adapter in self.surm_matrix:
-                weight = weight + self.get_delta_weight(adapter).to(weight.dtype)
+        for adapter in self._active_surm():
+            weight = weight + self.get_delta_weight(adapter).to(weight.dtype)
         return nn.functional.linear(x, weight, base.bias)
 
     def __repr__(self) -> str:

@@ -23,6 +23,10 @@ class StructuredMatrix(nn.Module):
     FFT-based ones embed W as the top-left (m, n) block of an N × N matrix.
     """
 
+    #: Whether ``to_dense`` costs O(mn) (a gather or an outer product). If not, it is the default
+    #: below: the structured product applied to the in_features rows of the identity.
+    dense_is_cheap: bool = False
+
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.in_features = require_positive_int("in_features", in_features)
@@ -81,6 +85,7 @@ class IndexedStructuredMatrix(StructuredMatrix):
     """
 
     weight: nn.Parameter
+    dense_is_cheap = True
 
     def reset_parameters(self, zero_init: bool = False) -> None:
         """Every entry of W is one p[k], so p ~ U(±1/√n) gives Var(W_ij) = 1/(3n); zero_init: p = 0."""

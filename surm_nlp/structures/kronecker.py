@@ -58,6 +58,8 @@ class KroneckerMatmul(torch.autograd.Function):
 class Kronecker(StructuredMatrix):
     """W = A ⊗ B; ``factors=(m₁, n₁)`` is A's shape (default: balanced divisors)."""
 
+    dense_is_cheap = True
+
     def __init__(self, in_features: int, out_features: int, factors: tuple[int, int] | None = None) -> None:
         super().__init__(in_features, out_features)
         if factors is None:

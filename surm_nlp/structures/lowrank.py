@@ -16,6 +16,8 @@ from .base import StructuredMatrix, require_positive_int
 class LowRank(StructuredMatrix):
     """W = B A of rank ≤ ``rank``; ``zero_init`` gives LoRA's init (A uniform, B = 0)."""
 
+    dense_is_cheap = True
+
     def __init__(self, in_features: int, out_features: int, rank: int = 8) -> None:
         super().__init__(in_features, out_features)
         self.rank = require_positive_int("rank", rank)
