@@ -52,6 +52,7 @@ from surm_nlp.glue import (
     load_glue_dir,
     load_hub,
     load_trained,
+    metric_prefix,
     model_card,
     parameter_counts,
     push_to_hub,
@@ -133,21 +134,20 @@ class ArgumentParser(HfArgumentParser):
 
 def parse_args(
     argv: list[str] | None,
-) -> tuple[ArgumentParser, ModelArguments, DataTrainingArguments, TrainingArguments, Method]:
+) -> tuple[ArgumentParser, ModelArguments, DataTrainingArguments, TrainingArguments, Method, GlueTask | None]:
     dataclasses = (ModelArguments, DataTrainingArguments, MethodArguments, TrainingArguments)
     parser = ArgumentParser(dataclasses, prog=os.path.basename(__file__))
     model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     try:
         method = method_args.method()
-        if data_args.task_name is not None:
-            get_task(data_args.task_name)
+        task = get_task(data_args.task_name) if data_args.task_name is not None else None
         if data_args.task_name is None and not (data_args.train_file or data_args.validation_file):
             raise ValueError("pass --task_name (GLUE, from the Hub or --glue_dir) or --train_file/--validation_file")
         if data_args.glue_dir and data_args.task_name is None:
             raise ValueError("--glue_dir needs --task_name to know which task folder to read")
     except ValueError as error:
         parser.error(str(error))
-    return parser, model_args, data_args, training_args, method
+    return parser, model_args, data_args, training_args, method, task
 
 
 def load_raw_data(task: GlueTask | None, data_args: DataTrainingArguments, cache_dir: str | None) -> DatasetDict:
@@ -159,7 +159,7 @@ def load_raw_data(task: GlueTask | None, data_args: DataTrainingArguments, cache
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser, model_args, data_args, training_args, method = parse_args(argv)
+    parser, model_args, data_args, training_args, method, task = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
     )
@@ -178,7 +178,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start over)", last_checkpoint)
     set_seed(training_args.seed)
 
-    task = get_task(data_args.task_name) if data_args.task_name else None
     try:
         raw = load_raw_data(task, data_args, model_args.cache_dir)
         if task is not None:
@@ -283,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         all_metrics |= metrics
     if training_args.do_eval:
         for split, dataset in eval_datasets.items():
-            prefix = "eval_mm" if split.endswith("mismatched") else "eval"
+            prefix = metric_prefix(split)
             metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix) | {
                 f"{prefix}_samples": len(dataset)
             }

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from surm_nlp.glue import GLUE_TASKS, get_task
+
 RUN_GLUE = Path(__file__).with_name("run_glue.py")
 METHODS: dict[str, list[str]] = {
     "full": ["--surm", "none", "--baseline", "full", "--learning_rate", "5e-5"],
@@ -49,17 +51,6 @@ DEFAULTS = [
     "--warmup_ratio", "0.06", "--lr_scheduler_type", "linear", "--weight_decay", "0.1",
     "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "20",
 ]  # fmt: skip
-TASK_METRICS = {  # the score of each task in the table, as in the GLUE leaderboard
-    "cola": ["eval_matthews_correlation"],
-    "sst2": ["eval_accuracy"],
-    "mrpc": ["eval_accuracy", "eval_f1"],
-    "qqp": ["eval_accuracy", "eval_f1"],
-    "stsb": ["eval_pearson", "eval_spearmanr"],
-    "mnli": ["eval_accuracy", "eval_mm_accuracy"],
-    "qnli": ["eval_accuracy"],
-    "rte": ["eval_accuracy"],
-    "wnli": ["eval_accuracy"],
-}
 
 
 def run_dir(runs_dir: Path, task: str, method: str, seed: int) -> Path:
@@ -70,7 +61,7 @@ def finished_results(output: Path, task: str) -> dict | None:
     """The run's ``all_results.json`` if it holds the task's eval metrics, else None (not run or interrupted)."""
     path = output / "all_results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    return results if all(key in results for key in TASK_METRICS[task]) else None
+    return results if all(key in results for key in get_task(task).eval_metric_keys) else None
 
 
 def run_all(args: argparse.Namespace, extra: list[str]) -> None:
@@ -93,8 +84,8 @@ def run_all(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def score(results: dict, task: str) -> float:
-    """The task's score in points (mean of its metrics × 100)."""
-    return 100 * float(np.mean([results[key] for key in TASK_METRICS[task]]))
+    """The task's score in points (mean of its metrics × 100, as on the GLUE leaderboard)."""
+    return 100 * float(np.mean([results[key] for key in get_task(task).eval_metric_keys]))
 
 
 def collect(runs_dir: Path, tasks: list[str], methods: list[str]) -> dict[str, dict]:
@@ -162,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="Names results/glue_<name>.{md,csv,png}.")
     parser.add_argument("--model_name_or_path", required=True)
     parser.add_argument("--glue_dir", default=None, help="Local GLUE folder (official TSVs); default: the Hub.")
-    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"], choices=TASK_METRICS)
+    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"], choices=GLUE_TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: outputs/glue_<name>.")

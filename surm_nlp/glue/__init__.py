@@ -13,7 +13,7 @@ from .methods import (
     parameter_counts,
 )
 from .metrics import glue_metric, local_glue_metric
-from .tasks import GLUE_TASKS, GlueTask, get_task
+from .tasks import GLUE_TASKS, GlueTask, get_task, metric_prefix
 
 __all__ = [
     "BASELINES",
@@ -32,6 +32,7 @@ __all__ = [
     "load_hub",
     "load_trained",
     "local_glue_metric",
+    "metric_prefix",
     "model_card",
     "parameter_counts",
     "push_to_hub",

@@ -31,9 +31,19 @@ class GlueTask:
     def num_labels(self) -> int:
         return 1 if self.label_names is None else len(self.label_names)
 
+    @property
+    def eval_metric_keys(self) -> tuple[str, ...]:
+        """The task's scores as run_glue.py records them: ``eval_accuracy``, ``eval_f1``, ``eval_mm_accuracy``..."""
+        return tuple(f"{metric_prefix(split)}_{metric}" for split in self.eval_splits for metric in self.metrics)
+
     def dev_file(self, split: str) -> str:
         """``validation_matched`` → ``dev_matched.tsv``; ``validation`` → ``dev.tsv``."""
         return split.replace("validation", "dev") + ".tsv"
+
+
+def metric_prefix(split: str) -> str:
+    """``eval`` for a validation split, ``eval_mm`` for MNLI's mismatched one."""
+    return "eval_mm" if split.endswith("mismatched") else "eval"
 
 
 _PAIR = {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}
