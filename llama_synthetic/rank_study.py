@@ -80,6 +80,12 @@ class Settings:
     gradient_checkpointing: bool = False
     load_in_4bit: bool = False
 
+    def vocab_size(self) -> int:
+        """The base model's vocabulary: just the special tokens and the K symbols for the tiny Llama."""
+        if self.model_name_or_path is None:
+            return self.first_token_id + self.num_symbols
+        return AutoConfig.from_pretrained(self.model_name_or_path).vocab_size
+
 
 PRESETS: dict[str, tuple[Settings, tuple[int, ...], tuple[str, ...]]] = {
     # settings, LoRA ranks, SURM structures ("name" or "name:rank")
@@ -151,7 +157,7 @@ def load_model(settings: Settings) -> PreTrainedModel:
     """The frozen base model: a seeded random TINY_LLAMA, or a pretrained one (bf16 or 4-bit)."""
     if settings.model_name_or_path is None:
         torch.manual_seed(settings.seed)
-        config = LlamaConfig(vocab_size=settings.first_token_id + settings.num_symbols, **TINY_LLAMA)
+        config = LlamaConfig(vocab_size=settings.vocab_size(), **TINY_LLAMA)
         return LlamaForCausalLM(config)
     kwargs: dict = {"dtype": torch.bfloat16 if settings.bf16 else torch.float32}
     if settings.load_in_4bit:
@@ -210,15 +216,11 @@ def cpu_threads(count: int | None) -> Iterator[None]:
 
 def train_run(run: Run, settings: Settings, output_dir: Path) -> dict:
     """Fine-tune one adapter with ``Trainer``; returns the run's record."""
-    if settings.model_name_or_path is None:
-        vocab_size = settings.first_token_id + settings.num_symbols
-    else:
-        vocab_size = AutoConfig.from_pretrained(settings.model_name_or_path).vocab_size
     task = make_task(
         settings.num_symbols,
         settings.num_pairs,
         settings.seed,
-        vocab_size,
+        settings.vocab_size(),
         first_token_id=settings.first_token_id,
         bos_token_id=settings.bos_token_id,
     )
