@@ -246,10 +246,10 @@ def test_circulant_matmul_matches_dense_with_gradients(kernel_shape, x_shape):
     assert torch.autograd.gradcheck(lambda k, v: circulant_matmul(k, v, out_features), (kernel, x))
 
 
-@pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "kronecker"])
+@pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "kronecker", "ldr"])
 def test_structures_save_only_x_of_batch_size(name):
     """Backward memory: x itself (shared with the base layer), no spectrum of x and no intermediate like A X."""
-    s = make_structure(name, 24, 24)
+    s = make_structure(name, 24, 24, **OPTIONS.get(name, {}))
     x = torch.randn(16, 24, requires_grad=True)
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
@@ -265,6 +265,28 @@ def test_circulant_matmul_grad_of_one_input_only():
         k, v = kernel.clone().requires_grad_(wants_kernel), x.clone().requires_grad_(not wants_kernel)
         circulant_matmul(k, v, 8).sum().backward()
         assert (k.grad is not None) == wants_kernel and (v.grad is not None) != wants_kernel
+
+
+@pytest.mark.parametrize("name", ["ldr", "circulant", "kronecker"])
+def test_grad_of_parameters_or_input_only(name):
+    """Frozen parameters or an input without grad: the other gradients still match the dense reference."""
+    x = torch.randn(3, 5, dtype=torch.float64)
+    upstream = torch.randn(3, 7, dtype=torch.float64)
+    for frozen in ("parameters", "input"):
+        s = build(name, 5, 7)
+        s.requires_grad_(frozen != "parameters")
+        v = x.clone().requires_grad_(frozen != "input")
+        (s(v) * upstream).sum().backward()
+        reference = build(name, 5, 7)
+        v_ref = x.clone().requires_grad_(True)
+        ((v_ref @ reference_dense(reference).T) * upstream).sum().backward()
+        got = [p.grad for p in s.parameters()] + [v.grad]
+        want = [p.grad if frozen != "parameters" else None for p in reference.parameters()]
+        want.append(v_ref.grad if frozen != "input" else None)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if w is not None:
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_circulant_matmul_bfloat16_runs_fft_in_float32():

@@ -1,8 +1,8 @@
 """Kronecker products W = A ⊗ B, A (m₁ × n₁), B (m₂ × n₂), m = m₁m₂, n = n₁n₂.
 
 Parameters: m₁n₁ + m₂n₂. rank(A ⊗ B) = rank(A)·rank(B), so W can be full rank.
-Mat-vec without building W: with X = x reshaped to (n₁, n₂), W x = vec(A X Bᵀ),
-O(m₁n₁n₂ + m₁n₂m₂) per row of x instead of O(mn); the backward keeps only x (:class:`KroneckerMatmul`).
+Mat-vec without building W: with X = x reshaped to (n₁, n₂), W x = vec(A (X Bᵀ)),
+O(n₁n₂m₂ + m₁n₁m₂) per row of x instead of O(mn); the backward keeps only x (:class:`KroneckerMatmul`).
 
 Factor shapes: by default each dimension d is split as d = f·(d / f) with f the largest divisor
 of d not above √d (768 = 24·32, 3072 = 48·64), giving A (f_m × f_n) and B (m/f_m × n/f_n).
@@ -30,28 +30,32 @@ def balanced_divisor(d: int) -> int:
 class KroneckerMatmul(torch.autograd.Function):
     """Rows of x (R, n₁n₂) ↦ rows of vec(A X Bᵀ) (R, m₁m₂); saves only A, B and x for the backward.
 
-    Autograd would also keep the intermediate A X, as large as x; the backward recomputes it
-    instead (one small matmul, R·m₁n₁n₂ multiply-adds).
+    T = X Bᵀ for all rows is one matmul on x as stored ((R·n₁, n₂) @ Bᵀ); A T is a batched matmul
+    with A broadcast, so no step copies or transposes x (``torch.matmul(A, X)`` would). Autograd
+    would also keep T, as large as x; the backward recomputes it (one matmul, R·n₁n₂m₂ multiply-adds).
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b, x)
-        left = torch.matmul(a, x.reshape(-1, a.shape[1], b.shape[1]))  # A X, (R, m₁, n₂)
-        return (left.reshape(-1, b.shape[1]) @ b.T).reshape(x.shape[0], -1)
+        t = (x.reshape(-1, b.shape[1]) @ b.T).reshape(x.shape[0], a.shape[1], b.shape[0])  # X Bᵀ, (R, n₁, m₂)
+        return torch.bmm(a.expand(x.shape[0], *a.shape), t).reshape(x.shape[0], -1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a, b, x = ctx.saved_tensors
         (m1, n1), (m2, n2) = a.shape, b.shape
-        x_matrix, grad_y = x.reshape(-1, n1, n2), grad_y.reshape(-1, m2)
-        grad_left = (grad_y @ b).reshape(-1, m1, n2)  # ∂(A X)
-        grad_a = torch.matmul(grad_left, x_matrix.transpose(1, 2)).sum(0) if ctx.needs_input_grad[0] else None
-        grad_b = None
-        if ctx.needs_input_grad[1]:
-            grad_b = grad_y.T @ torch.matmul(a, x_matrix).reshape(-1, n2)  # recomputes A X
-        grad_x = torch.matmul(a.T, grad_left).reshape(x.shape) if ctx.needs_input_grad[2] else None
+        rows, needs_a, needs_b, needs_x = x.shape[0], *ctx.needs_input_grad
+        grad_y = grad_y.reshape(rows, m1, m2)
+        grad_a = grad_b = grad_x = None
+        if needs_a:  # ∂A = Σ_rows ∂Y Tᵀ, with T recomputed
+            t = (x.reshape(-1, n2) @ b.T).reshape(rows, n1, m2)
+            grad_a = torch.bmm(grad_y, t.transpose(1, 2)).sum(0)
+        if needs_b or needs_x:
+            grad_t = torch.bmm(a.T.expand(rows, n1, m1), grad_y).reshape(-1, m2)  # ∂T = Aᵀ ∂Y
+            grad_b = grad_t.T @ x.reshape(-1, n2) if needs_b else None
+            grad_x = (grad_t @ b).reshape(x.shape) if needs_x else None
         return grad_a, grad_b, grad_x
 
 

@@ -9,15 +9,73 @@ Z₁ − Z₋₁ = 2 e₀ e_{N−1}ᵀ, the displacement Z₁W − WZ₋₁ = Σ
 Parameters: 2·r·N with N = max(m, n); rectangular shapes use the top-left (m, n) block.
 Mat-vec by real FFTs: Z₋₁(h) is the Toeplitz matrix with diagonals (−h₁ … −h_{N−1}, h₀ … h_{N−1}),
 a circulant of length L ≥ 2N − 1; then Z₁(g) is a circulant of length N. O(r·N log N) per row of x.
+One autograd Function runs the whole sum and saves only x: the r intermediate products Z₋₁(hᵢ)x
+(r times the size of x, in float32) are recomputed in the backward rather than kept.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import StructuredMatrix, require_positive_int
-from .fft import circulant_matmul, fast_fft_size, fft_dtype, toeplitz_kernel
+from .fft import fast_fft_size, fft_dtype, toeplitz_kernel
+
+
+def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ over all leading dims of conj(a)·b for spectra (..., r, bins), broadcasting; (r, bins)."""
+    a, b = torch.broadcast_tensors(a, b)
+    return torch.linalg.vecdot(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), dim=0)
+
+
+class LdrMatmul(torch.autograd.Function):
+    """y = Σᵢ C_N(gᵢ) · (C_L(kᵢ) · pad(x))[:N], cut to m: W(G, H) x with kᵢ the skew-circulant kernel of hᵢ.
+
+    g (r, N), kernels (r, L), x (..., n ≤ N). Forward: rfft(x), r irffts of length L, r rffts and one
+    irfft of length N. The backward recomputes uᵢ = Z₋₁(hᵢ)x from x (needed only for ∂g).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, g: torch.Tensor, kernels: torch.Tensor, x: torch.Tensor, out_features: int
+    ) -> torch.Tensor:
+        size, fft_size = g.shape[-1], kernels.shape[-1]
+        dtype = fft_dtype(g, kernels, x)
+        g_spectrum, kernel_spectrum = torch.fft.rfft(g.to(dtype)), torch.fft.rfft(kernels.to(dtype))
+        x_spectrum = torch.fft.rfft(x.to(dtype), n=fft_size).unsqueeze(-2)
+        u = torch.fft.irfft(kernel_spectrum * x_spectrum, n=fft_size)[..., :size]  # (..., r, N)
+        y = torch.fft.irfft((g_spectrum * torch.fft.rfft(u)).sum(-2), n=size)[..., :out_features]
+        ctx.save_for_backward(g_spectrum, kernel_spectrum, x if g.requires_grad or kernels.requires_grad else None)
+        ctx.shapes = g.dtype, kernels.dtype, x.dtype, x.shape[-1], size, fft_size
+        return y.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        g_spectrum, kernel_spectrum, x = ctx.saved_tensors
+        g_dtype, kernel_dtype, x_dtype, in_features, size, fft_size = ctx.shapes
+        needs_g, needs_kernels, needs_x, _ = ctx.needs_input_grad
+        dtype = g_spectrum.real.dtype
+        grad_g = grad_kernels = grad_x = None
+        grad_spectrum = torch.fft.rfft(grad_y.to(dtype), n=size).unsqueeze(-2)
+        if needs_g or needs_kernels:
+            x_spectrum = torch.fft.rfft(x.to(dtype), n=fft_size).unsqueeze(-2)
+        if needs_g:  # ∂gᵢ = correlation of ∂y with uᵢ
+            u = torch.fft.irfft(kernel_spectrum * x_spectrum, n=fft_size)[..., :size]
+            grad_g = torch.fft.irfft(_sum_over_rows(torch.fft.rfft(u), grad_spectrum), n=size).to(g_dtype)
+        if not (needs_kernels or needs_x):
+            return grad_g, None, None, None
+        grad_u = torch.fft.irfft(grad_spectrum * g_spectrum.conj(), n=size)  # ∂uᵢ = C_N(gᵢ)ᵀ ∂y
+        grad_u_spectrum = torch.fft.rfft(grad_u, n=fft_size)
+        if needs_kernels:  # ∂kᵢ = correlation of ∂uᵢ with x
+            grad_kernels = torch.fft.irfft(_sum_over_rows(x_spectrum, grad_u_spectrum), n=fft_size).to(kernel_dtype)
+        if needs_x:  # ∂x = Σᵢ C_L(kᵢ)ᵀ ∂uᵢ
+            grad_x = torch.fft.irfft((grad_u_spectrum * kernel_spectrum.conj()).sum(-2), n=fft_size)
+            grad_x = grad_x[..., :in_features].to(x_dtype)
+        return grad_g, grad_kernels, grad_x, None
 
 
 class LowDisplacementRank(StructuredMatrix):
@@ -44,10 +102,8 @@ class LowDisplacementRank(StructuredMatrix):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.weight_h
         skew_diagonals = torch.cat([-h[:, 1:], h], dim=-1)  # Z₋₁(h)[i, j] = h[i − j], or −h[N + i − j] above
-        x_fft = x.to(fft_dtype(h, x)).unsqueeze(-2)  # u stays in the FFT dtype between the two products
-        u = circulant_matmul(toeplitz_kernel(skew_diagonals, self.size, self.fft_size), x_fft, self.size)
-        y = circulant_matmul(self.weight_g, u, self.out_features).sum(-2)  # Σᵢ Z₁(gᵢ) Z₋₁(hᵢ) x
-        return y.to(x.dtype)
+        kernels = toeplitz_kernel(skew_diagonals, self.size, self.fft_size)
+        return LdrMatmul.apply(self.weight_g, kernels, x, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"
