@@ -35,8 +35,9 @@ class Dense(torch.nn.Module):
 
 
 def variants(in_features: int, out_features: int, structures: list[str]) -> dict[str, torch.nn.Module]:
+    """Dense and low rank r=8 (the references of the ratios) and each of ``structures``."""
     built: dict[str, torch.nn.Module] = {"dense": Dense(in_features, out_features)}
-    for name in structures:
+    for name in dict.fromkeys([*structures, "lowrank"]):
         options = OPTIONS.get(name, {})
         label = f"{name} r={options['rank']}" if "rank" in options else name
         built[label] = make_structure(name, in_features, out_features, **options)
@@ -94,7 +95,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024, help="rows of the input x")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES)
+    parser.add_argument(
+        "--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES, help="dense and lowrank always run"
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
 
