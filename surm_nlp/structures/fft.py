@@ -1,8 +1,9 @@
-"""The one FFT kernel of the circulant, Toeplitz and LDR structures: a circulant mat-vec.
+"""The FFT kernel of the circulant and Toeplitz structures: a circulant mat-vec.
 
 :func:`circulant_matmul` computes (C(c) · pad(x))[:m] with C(c) the L × L circulant whose first
-column is c: every FFT-based structure is this with its own kernel c and length L (Toeplitz and
+column is c: each of these structures is this with its own kernel c and length L (Toeplitz and
 skew-circulant matrices embed in a circulant of length L ≥ m + n − 1, see :func:`toeplitz_kernel`).
+LDR chains two such products in one Function of the same scheme (``ldr.LdrMatmul``).
 
 Its backward is written by hand: autograd's backward of ``rfft`` zero-pads the gradient to a full
 complex spectrum and runs a complex inverse FFT, twice per call (input and kernel). Here a step
