@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Run GLUE tasks × methods × seeds with run_glue.py, skip finished runs, and write the paper-style table and plot.
 
-Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` and counts as finished once its
-``all_results.json`` holds the task's eval metrics (run_glue.py writes the train metrics there
-first), so an interrupted sweep resumes where it stopped. The table
+Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` (weights and log, not for git) and counts as
+finished once its ``all_results.json`` holds the task's eval metrics (run_glue.py writes the train
+metrics there first). A finished run's results are copied to the record
+``{results_dir}/glue_{name}/{task}/{method}/seed{seed}.json`` (small, kept in git): the table is
+built from the records and a run with a record is skipped, so a sweep resumes where it stopped, on
+this machine or on a fresh clone. The table
 (``results/glue_{name}.md`` and ``.csv``: mean ± std over seeds per task, their average, trainable
 parameters outside the head) and the plot (average score vs parameters, log x, SURM highlighted) are
 the shape of the paper's Table 5 and Figure 7 (right)::
@@ -57,11 +60,26 @@ def run_dir(runs_dir: Path, task: str, method: str, seed: int) -> Path:
     return runs_dir / task / method / f"seed{seed}"
 
 
-def finished_results(output: Path, task: str) -> dict | None:
-    """The run's ``all_results.json`` if it holds the task's eval metrics, else None (not run or interrupted)."""
-    path = output / "all_results.json"
+def record_path(records_dir: Path, task: str, method: str, seed: int) -> Path:
+    return records_dir / task / method / f"seed{seed}.json"
+
+
+def read_results(path: Path, task: str) -> dict | None:
+    """The results in ``path`` if they hold the task's eval metrics, else None (not run or interrupted)."""
     results = json.loads(path.read_text()) if path.is_file() else {}
     return results if all(key in results for key in get_task(task).eval_metric_keys) else None
+
+
+def finished_results(args: argparse.Namespace, task: str, method: str, seed: int) -> dict | None:
+    """The run's record; a run finished in the runs folder but not recorded yet is recorded first."""
+    record = record_path(args.records_dir, task, method, seed)
+    if (results := read_results(record, task)) is not None:
+        return results
+    results = read_results(run_dir(args.runs_dir, task, method, seed) / "all_results.json", task)
+    if results is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return results
 
 
 def run_all(args: argparse.Namespace, extra: list[str]) -> None:
@@ -69,7 +87,7 @@ def run_all(args: argparse.Namespace, extra: list[str]) -> None:
         for method in args.methods:
             for seed in args.seeds:
                 output = run_dir(args.runs_dir, task, method, seed)
-                if finished_results(output, task):
+                if finished_results(args, task, method, seed):
                     print(f"done already: {output}", flush=True)
                     continue
                 command = [
@@ -81,6 +99,7 @@ def run_all(args: argparse.Namespace, extra: list[str]) -> None:
                 output.mkdir(parents=True, exist_ok=True)
                 with (output / "log.txt").open("w") as log:
                     subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+                finished_results(args, task, method, seed)
 
 
 def score(results: dict, task: str) -> float:
@@ -88,14 +107,14 @@ def score(results: dict, task: str) -> float:
     return 100 * float(np.mean([results[key] for key in get_task(task).eval_metric_keys]))
 
 
-def collect(runs_dir: Path, tasks: list[str], methods: list[str]) -> dict[str, dict]:
+def collect(args: argparse.Namespace) -> dict[str, dict]:
     """Per method: scores per task (list over finished seeds) and parameters outside the head."""
     table: dict[str, dict] = {}
-    for method in methods:
+    for method in args.methods:
         row = {"scores": {}, "params": None}
-        for task in tasks:
-            for output in sorted((runs_dir / task / method).glob("seed*")):
-                if (results := finished_results(output, task)) is None:
+        for task in args.tasks:
+            for seed in args.seeds:
+                if (results := finished_results(args, task, method, seed)) is None:
                     continue
                 row["scores"].setdefault(task, []).append(score(results, task))
                 row["params"] = row["params"] or results["adapter_params"]
@@ -157,15 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: outputs/glue_<name>.")
-    parser.add_argument("--results_dir", type=Path, default=Path("results"))
+    parser.add_argument("--results_dir", type=Path, default=Path("results"), help="Table, plot and run records.")
     parser.add_argument("--launcher", default=f"{sys.executable}", help='e.g. "accelerate launch --config_file ..."')
     parser.add_argument("--note", default="", help="A sentence for the report: model, subsampling, epochs.")
     parser.add_argument("--report_only", action="store_true", help="Only write the table and plot.")
     args = parser.parse_args(argv)
     args.runs_dir = args.runs_dir or Path("outputs") / f"glue_{args.name}"
+    args.records_dir = args.results_dir / f"glue_{args.name}"
     if not args.report_only:
         run_all(args, extra)
-    table = collect(args.runs_dir, args.tasks, args.methods)
+    table = collect(args)
     write_report(table, args.tasks, args.name, args.results_dir, args.note)
     print(f"wrote {args.results_dir}/glue_{args.name}.{{md,csv,png}}")
 

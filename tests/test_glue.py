@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,8 +221,11 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
     stamp = finished.stat().st_mtime_ns
     sweep.main(argv)  # everything finished: nothing runs again
     assert finished.stat().st_mtime_ns == stamp
+    records = tmp_path / "results" / "glue_tiny" / "rte"
+    assert json.loads((records / "lora" / "seed0.json").read_text()) == json.loads(finished.read_text())
     interrupted = tmp_path / "runs" / "rte" / "surm-adapter-circulant" / "seed0" / "all_results.json"
     complete = interrupted.read_text()
+    (records / "surm-adapter-circulant" / "seed0.json").unlink()
     interrupted.write_text(json.dumps({"train_loss": 0.7}))  # killed after training, before evaluation
     sweep.main(["--report_only", *argv])
     assert "surm-adapter-circulant" not in (tmp_path / "results" / "glue_tiny.md").read_text()
@@ -242,6 +246,9 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
     assert "surm-adapter-circulant" in table and (tmp_path / "results" / "glue_tiny.png").stat().st_size > 0
     rows = list(csv.reader((tmp_path / "results" / "glue_tiny.csv").open()))
     assert rows[0] == ["method", "params", "rte", "avg", "seeds"] and len(rows) == 3
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: only the records are there
+    sweep.main(argv)
+    assert not (tmp_path / "runs").exists() and (tmp_path / "results" / "glue_tiny.md").read_text() == table
 
 
 def test_demo_data_and_a_few_demo_steps_on_minilm(tmp_path):
