@@ -103,8 +103,9 @@ def test_pretrained_preset_code_path(tmp_path, monkeypatch, quantized):
     load_model, loaded = rank_study.load_model, []
     monkeypatch.setattr(rank_study, "load_model", lambda settings: loaded.append(load_model(settings)) or loaded[-1])
     torch.manual_seed(0)
+    # Widths that are multiples of the 4-bit block (64): see test_bitsandbytes_quantized_base_trains_saves_and_loads.
     config = LlamaConfig(
-        vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
     argv = ["--preset", "llama2-7b", "--model_name_or_path", str(tmp_path / "model"), "--num_symbols", "16"]
@@ -113,7 +114,7 @@ def test_pretrained_preset_code_path(tmp_path, monkeypatch, quantized):
     (run,) = report["runs"]
     assert report["settings"]["bf16"] and report["settings"]["gradient_checkpointing"]
     assert report["settings"]["load_in_4bit"] == quantized
-    assert run["trainable_params"] == 2 * (4 * 2 * 32 + 3 * (32 + 48))
+    assert run["trainable_params"] == 2 * (4 * 2 * 64 + 3 * (64 + 128))
     assert math.isfinite(run["final_train_loss"])
     base = loaded[0].model.layers[0].self_attn.q_proj
     assert type(base).__name__ == ("Linear4bit" if quantized else "Linear")

@@ -36,13 +36,13 @@ def tiny_roberta(seed: int = 0) -> RobertaForSequenceClassification:
     return RobertaForSequenceClassification(RobertaConfig(**ENCODER, max_position_embeddings=64)).eval()
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """Llama with grouped-query attention: k_proj/v_proj are 32 → 16, MLP 32 ↔ 40."""
+def tiny_llama(seed: int = 0, hidden_size: int = 32, intermediate_size: int = 40) -> LlamaForCausalLM:
+    """Llama with grouped-query attention: k_proj/v_proj are hidden → hidden/2 (32 → 16), MLP 32 ↔ 40."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=100,
-        hidden_size=32,
-        intermediate_size=40,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

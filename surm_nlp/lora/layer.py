@@ -1,7 +1,9 @@
 """The SURM-LoRA layer: y = W₀x + b + α·S(dropout(x)) around a frozen linear layer.
 
-Training (and any forward with gradients) applies S with its fast structured product; inference
-on a plain ``nn.Linear`` folds αS into W₀ for the forward instead (one matmul, as a merged model).
+On a plain ``nn.Linear`` the layer computes x(W₀ + αS)ᵀ, one matmul as in a merged model, where
+that is cheaper than the structured product of x: in inference from a few rows of x on, in
+training when the structured product costs more than the dense weight gradient it then needs
+(Toeplitz and LDR at BERT widths). Otherwise, S is applied with its fast structured product.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from peft.utils.integrations import gather_params_ctx
 from peft.utils.other import transpose
 from peft.utils.quantization_utils import quantization_extra_repr, resolve_quantization_backend
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-from ..structures import make_structure
+from ..structures import StructuredMatrix, make_structure
 from .config import SurmConfig
 
 
@@ -122,30 +125,33 @@ class Linear(nn.Module, SurmLayer):
         return result
 
     def _folds_into_weight(self, x: torch.Tensor) -> bool:
-        """Inference on a plain ``nn.Linear`` with enough rows: x (W₀ + Σ αS)ᵀ is cheaper than the FFTs.
+        """Whether x (W₀ + Σ αS)ᵀ is cheaper than W₀x plus the structured products.
 
-        Materialising S costs O(mn) once per forward where ``to_dense`` is a gather or an outer
-        product; the structured product costs O(L log L) per row of x, so folding pays from about
-        max(m, n)/16 rows on (a sequence of a few tokens, not single-token decoding). A structure
-        without a cheap ``to_dense`` (LDR) builds S from in_features rows of its product, so it folds
-        only from that many rows. Not with gradients (training keeps the structured backward),
-        dropout (train mode), or a base layer whose weight is not a plain tensor outside its own
-        forward (quantized, DeepSpeed ZeRO-3 partitioned, accelerate-offloaded).
+        Materialising S costs O(mn) once per forward (``to_dense``). In inference (no gradients,
+        eval mode) the structured product costs O(L log L) per row of x, so folding pays from about
+        max(m, n)/16 rows on (a sequence of a few tokens, not single-token decoding). With gradients,
+        folding adds the dense weight gradient ∂yᵀx (2mn flops per row; the forward and ∂x are the
+        base layer's matmuls) and saves the structured forward and backward
+        (``step_flops_per_row``), so it pays when those cost more; not with dropout on the adapter's
+        input. Never where W₀ or S is not a whole tensor outside its own module's forward:
+        a quantized base, DeepSpeed ZeRO-3 partitions, accelerate offloading, FSDP shards.
         """
         base = self.get_base_layer()
-        cheap_rows = max(self.in_features, self.out_features) // 16
-        min_rows = max(
-            (cheap_rows if self.surm_matrix[a].dense_is_cheap else self.in_features for a in self._active_surm()),
-            default=0,
-        )
-        return (
-            not torch.is_grad_enabled()
-            and not self.training
-            and type(base) is nn.Linear
-            and not hasattr(base, "_hf_hook")
-            and not hasattr(base.weight, "ds_id")
-            and x.numel() // x.shape[-1] >= min_rows
-        )
+        if type(base) is not nn.Linear or hasattr(base, "_hf_hook") or hasattr(base.weight, "ds_id"):
+            return False
+        adapters = self._active_surm()
+        if not all(self._is_whole(self.surm_matrix[a]) for a in adapters):
+            return False
+        if torch.is_grad_enabled():
+            structured = sum(self.surm_matrix[a].step_flops_per_row for a in adapters)
+            no_dropout = not self.training or all(isinstance(self.surm_dropout[a], nn.Identity) for a in adapters)
+            return no_dropout and structured > 2 * self.in_features * self.out_features
+        return not self.training and x.numel() // x.shape[-1] >= max(self.in_features, self.out_features) // 16
+
+    @staticmethod
+    def _is_whole(matrix: nn.Module) -> bool:
+        """Not wrapped by FSDP (its parameters are gathered only in its own forward), nor DTensor-sharded."""
+        return isinstance(matrix, StructuredMatrix) and not any(isinstance(p, DTensor) for p in matrix.parameters())
 
     def _active_surm(self) -> list[str]:
         """The active adapters that this layer holds a structured matrix for."""

@@ -18,14 +18,10 @@ def require_positive_int(name: str, value: object) -> int:
 class StructuredMatrix(nn.Module):
     """A structured matrix W of shape (out_features, in_features) applied as y = x Wᵀ.
 
-    Subclasses define ``forward`` (the fast mat-vec), ``reset_parameters`` and, where a cheaper
-    way exists, ``to_dense`` and ``fit_``. Rectangular shapes are handled by each subclass; the
-    FFT-based ones embed W as the top-left (m, n) block of an N × N matrix.
+    Subclasses define ``forward`` (the fast mat-vec), ``reset_parameters``, ``to_dense``,
+    ``step_flops_per_row`` and, where a closed form exists, ``fit_``. Rectangular shapes are handled
+    by each subclass; the FFT-based ones embed W as the top-left (m, n) block of an N × N matrix.
     """
-
-    #: Whether ``to_dense`` costs O(mn) (a gather or an outer product). If not, it is the default
-    #: below: the structured product applied to the in_features rows of the identity.
-    dense_is_cheap: bool = False
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -46,9 +42,18 @@ class StructuredMatrix(nn.Module):
         raise NotImplementedError
 
     def to_dense(self) -> torch.Tensor:
-        """W as a dense (out_features, in_features) tensor, differentiable w.r.t. the parameters."""
-        eye = torch.eye(self.in_features, device=self._device, dtype=self._dtype)
-        return self(eye).T
+        """W as a dense (out_features, in_features) tensor in O(mn) work (times the rank for ldr,
+        lowrank), differentiable w.r.t. the parameters."""
+        raise NotImplementedError
+
+    @property
+    def step_flops_per_row(self) -> float:
+        """Work of the structured product's forward and backward per row of x, in matmul flops.
+
+        FFTs count :data:`~.fft.FFT_FLOP_WEIGHT` times their flops. A layer compares it with the
+        2mn flops per row of the dense weight gradient to choose how to train (``SurmLayer``).
+        """
+        raise NotImplementedError
 
     def fit_(self, target: torch.Tensor) -> StructuredMatrix:
         """Set the parameters to a least-squares fit of ``target`` (out_features, in_features).
@@ -85,7 +90,6 @@ class IndexedStructuredMatrix(StructuredMatrix):
     """
 
     weight: nn.Parameter
-    dense_is_cheap = True
 
     def reset_parameters(self, zero_init: bool = False) -> None:
         """Every entry of W is one p[k], so p ~ U(±1/√n) gives Var(W_ij) = 1/(3n); zero_init: p = 0."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import circulant_matmul
+from .fft import circulant_matmul, fft_flops
 
 
 class Circulant(IndexedStructuredMatrix):
@@ -27,6 +27,10 @@ class Circulant(IndexedStructuredMatrix):
         rows = torch.arange(self.out_features)[:, None]
         cols = torch.arange(self.in_features)[None, :]
         return (rows - cols) % self.size
+
+    @property
+    def step_flops_per_row(self) -> float:
+        return fft_flops(self.size, 5)  # see circulant_matmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return circulant_matmul(self.weight, x, self.out_features)

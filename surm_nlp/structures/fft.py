@@ -16,6 +16,7 @@ FFTs exist only on GPUs and only for powers of two. Results are cast back to the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,6 +26,17 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 def fft_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any operand is float64, else float32."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+#: An FFT flop costs about this many matmul flops: FFTs are memory-bound where a large matmul is
+#: compute-bound. Measured 10–16 on CPU (bench/layer_time.py: the circulant, Toeplitz and LDR
+#: products at 768 and 4096 against the dense layer, per flop); GPUs favour matmuls more still.
+FFT_FLOP_WEIGHT = 10.0
+
+
+def fft_flops(size: int, transforms: float) -> float:
+    """Matmul-equivalent flops of ``transforms`` real FFTs of length ``size`` on one row (2.5·L·log₂L each)."""
+    return FFT_FLOP_WEIGHT * transforms * 2.5 * size * math.log2(max(size, 2))
 
 
 def fast_fft_size(n: int) -> int:

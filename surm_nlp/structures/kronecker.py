@@ -62,8 +62,6 @@ class KroneckerMatmul(torch.autograd.Function):
 class Kronecker(StructuredMatrix):
     """W = A ⊗ B; ``factors=(m₁, n₁)`` is A's shape (default: balanced divisors)."""
 
-    dense_is_cheap = True
-
     def __init__(self, in_features: int, out_features: int, factors: tuple[int, int] | None = None) -> None:
         super().__init__(in_features, out_features)
         if factors is None:
@@ -104,6 +102,11 @@ class Kronecker(StructuredMatrix):
         self.weight_a.copy_((u[:, 0] * s[0].sqrt()).reshape(m1, n1))
         self.weight_b.copy_((vh[0] * s[0].sqrt()).reshape(m2, n2))
         return self
+
+    @property
+    def step_flops_per_row(self) -> float:
+        (m1, n1), (m2, n2) = self.weight_a.shape, self.weight_b.shape
+        return 3 * 2 * (n1 * n2 * m2 + m1 * n1 * m2)  # X Bᵀ and A T, forward and two in the backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = KroneckerMatmul.apply(self.weight_a, self.weight_b, x.to(self.weight_a.dtype).reshape(-1, self.in_features))

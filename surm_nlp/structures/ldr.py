@@ -7,8 +7,9 @@ Z₁ − Z₋₁ = 2 e₀ e_{N−1}ᵀ, the displacement Z₁W − WZ₋₁ = Σ
 (r = 1, 2) to dense (Sindhwani et al., 2015).
 
 Parameters: 2·r·N with N = max(m, n); rectangular shapes use the top-left (m, n) block.
-Mat-vec by real FFTs: Z₋₁(h) is the Toeplitz matrix with diagonals (−h₁ … −h_{N−1}, h₀ … h_{N−1}),
-a circulant of length L ≥ 2N − 1; then Z₁(g) is a circulant of length N. O(r·N log N) per row of x.
+Dense form in O(r·N²) from that displacement (``to_dense``). Mat-vec by real FFTs: Z₋₁(h) is the
+Toeplitz matrix with diagonals (−h₁ … −h_{N−1}, h₀ … h_{N−1}), a circulant of length L ≥ 2N − 1;
+then Z₁(g) is a circulant of length N. O(r·N log N) per row of x.
 One autograd Function runs the whole sum and saves only x: the r intermediate products Z₋₁(hᵢ)x
 (r times the size of x, in float32) are recomputed in the backward rather than kept.
 """
@@ -22,7 +23,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import StructuredMatrix, require_positive_int
-from .fft import fast_fft_size, fft_dtype, toeplitz_kernel
+from .fft import circulant_matmul, fast_fft_size, fft_dtype, fft_flops, toeplitz_kernel
 
 
 def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,6 +99,31 @@ class LowDisplacementRank(StructuredMatrix):
             nn.init.zeros_(self.weight_h)
         else:
             nn.init.normal_(self.weight_h, std=std)
+
+    def to_dense(self) -> torch.Tensor:
+        """W from its displacement R = Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ in O(r·N²), differentiable.
+
+        Column by column W[i, j + 1] = W[i − 1 mod N, j] − R[i, j], so along each wrapped diagonal
+        k = i − j mod N an entry is W[k, 0] minus a partial sum of R; the first column is
+        W e₀ = Σᵢ Z₁(gᵢ) hᵢ. Summed in float32 for half-precision parameters.
+        """
+        dtype = fft_dtype(self.weight_g)
+        size, g, h = self.size, self.weight_g.to(dtype), self.weight_h.to(dtype)
+        first_column = circulant_matmul(g, h, size).sum(0)
+        displacement = 2 * g.T @ h.flip(-1)
+        k = torch.arange(size, device=g.device)
+        steps = displacement.gather(0, (k[:, None] + k + 1) % size)  # steps[k, j] = R[k + j + 1 mod N, j]
+        partial_sums = nn.functional.pad(steps[:, :-1].cumsum(1), (1, 0))
+        diagonals = first_column[:, None] - partial_sums  # diagonals[k, j] = W[k + j mod N, j]
+        dense = diagonals.gather(0, (k[:, None] - k) % size)[: self.out_features, : self.in_features]
+        return dense.to(self.weight_g.dtype)
+
+    @property
+    def step_flops_per_row(self) -> float:
+        # LdrMatmul: 3 + 3r transforms of length L (rfft(x) twice, irffts of uᵢ twice, rffts of ∂uᵢ,
+        # irfft for ∂x) and 2 + 3r of length N (rffts of uᵢ twice, irffts for y and ∂uᵢ, rfft(∂y)).
+        r = self.rank
+        return fft_flops(self.fft_size, 3 + 3 * r) + fft_flops(self.size, 2 + 3 * r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.weight_h

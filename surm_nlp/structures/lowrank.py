@@ -16,8 +16,6 @@ from .base import StructuredMatrix, require_positive_int
 class LowRank(StructuredMatrix):
     """W = B A of rank ≤ ``rank``; ``zero_init`` gives LoRA's init (A uniform, B = 0)."""
 
-    dense_is_cheap = True
-
     def __init__(self, in_features: int, out_features: int, rank: int = 8) -> None:
         super().__init__(in_features, out_features)
         self.rank = require_positive_int("rank", rank)
@@ -47,6 +45,10 @@ class LowRank(StructuredMatrix):
         self.weight_a.zero_()[:k].copy_(root[:, None] * vh[:k])
         self.weight_b.zero_()[:, :k].copy_(u[:, :k] * root)
         return self
+
+    @property
+    def step_flops_per_row(self) -> float:
+        return 3 * 2 * self.rank * (self.in_features + self.out_features)  # forward, ∂x, ∂(A, B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.weight_a.dtype) @ self.weight_a.T @ self.weight_b.T).to(x.dtype)

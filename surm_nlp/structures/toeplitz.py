@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import circulant_matmul, fast_fft_size, toeplitz_kernel
+from .fft import circulant_matmul, fast_fft_size, fft_flops, toeplitz_kernel
 
 
 class Toeplitz(IndexedStructuredMatrix):
@@ -39,6 +39,10 @@ class Toeplitz(IndexedStructuredMatrix):
     def diagonals(self) -> torch.Tensor:
         """t: value of the diagonal i − j = d at position d + n − 1, d = −(n − 1) … m − 1."""
         return self.weight
+
+    @property
+    def step_flops_per_row(self) -> float:
+        return fft_flops(self.fft_size, 5)  # see circulant_matmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = toeplitz_kernel(self.diagonals(), self.in_features, self.fft_size)
