@@ -23,7 +23,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import StructuredMatrix, require_positive_int
-from .fft import circulant_matmul, fast_fft_size, fft_dtype, fft_flops, toeplitz_kernel
+from .fft import fast_fft_size, fft_dtype, fft_flops, toeplitz_kernel
 
 
 def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,6 +79,58 @@ class LdrMatmul(torch.autograd.Function):
         return grad_g, grad_kernels, grad_x, None
 
 
+def _shear(a: torch.Tensor, slope: int, shift: int = 0) -> torch.Tensor:
+    """b[k, j] = a[(k + slope·j + shift) mod N, j] for a square (N, N) ``a`` and slope ±1.
+
+    A strided view of a stacked on itself (element (k, j) at offset (k + j + shift)·N + j), no index
+    tensor; slope −1 is slope +1 on the columns in reverse order (j → N − 1 − j).
+    """
+    size = a.shape[0]
+    if slope < 0:
+        return _shear(a.flip(1), 1, shift + 1).flip(1)
+    shift %= size
+    stacked = torch.cat([a, a, a[:shift]])  # rows up to (N − 1) + (N − 1) + shift
+    return stacked.as_strided((size, size), (size, size + 1), stacked.storage_offset() + shift * size)
+
+
+class LdrDense(torch.autograd.Function):
+    """W(G, H) as a dense N × N matrix in O(r·N²) from its displacement R = Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
+
+    Column by column W[i, j + 1] = W[i − 1 mod N, j] − R[i, j], so along each wrapped diagonal
+    k = i − j mod N an entry is W[k, 0] minus a partial sum of R: D[k, j] = W[k + j mod N, j] =
+    c[k] − Σ_{j' < j} R[k + j' + 1 mod N, j'], with the first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ. The backward
+    runs these steps' adjoints and saves only g and h (autograd would keep several N × N intermediates).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, h)
+        first_column = _circular_convolution(g, h).sum(0)
+        steps = _shear(2 * g.T @ h.flip(-1), 1, 1)
+        partial_sums = nn.functional.pad(steps[:, :-1].cumsum(1), (1, 0))
+        return _shear(first_column[:, None] - partial_sums, -1)  # W[i, j] = D[i − j mod N, j]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, h = ctx.saved_tensors
+        grad_diagonals = _shear(grad_dense, 1)  # ∂D[k, j] = ∂W[k + j mod N, j]
+        suffix_sums = grad_diagonals.flip(1).cumsum(1).flip(1)  # Σ_{j'' ≥ j} ∂D[k, j'']
+        grad_steps = -nn.functional.pad(suffix_sums[:, 1:], (0, 1))  # steps[k, j] enters D[k, j''] for j'' > j
+        grad_displacement = 2 * _shear(grad_steps, -1, -1)  # ∂R[i, j] = ∂steps[i − j − 1 mod N, j]
+        grad_first_column = torch.fft.rfft(grad_diagonals.sum(1))
+        grad_g = torch.fft.irfft(grad_first_column * torch.fft.rfft(h).conj(), n=g.shape[-1])
+        grad_h = torch.fft.irfft(grad_first_column * torch.fft.rfft(g).conj(), n=h.shape[-1])
+        grad_g = grad_g + (grad_displacement @ h.flip(-1).T).T
+        grad_h = grad_h + (g @ grad_displacement).flip(-1)
+        return grad_g, grad_h
+
+
+def _circular_convolution(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Z₁(gᵢ) hᵢ = gᵢ ⊛ hᵢ for each row i."""
+    return torch.fft.irfft(torch.fft.rfft(g) * torch.fft.rfft(h), n=g.shape[-1])
+
+
 class LowDisplacementRank(StructuredMatrix):
     """W = Σᵢ Z₁(gᵢ) Z₋₁(hᵢ) with displacement rank ≤ ``rank``; G, H are (rank, N)."""
 
@@ -101,22 +153,9 @@ class LowDisplacementRank(StructuredMatrix):
             nn.init.normal_(self.weight_h, std=std)
 
     def to_dense(self) -> torch.Tensor:
-        """W from its displacement R = Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ in O(r·N²), differentiable.
-
-        Column by column W[i, j + 1] = W[i − 1 mod N, j] − R[i, j], so along each wrapped diagonal
-        k = i − j mod N an entry is W[k, 0] minus a partial sum of R; the first column is
-        W e₀ = Σᵢ Z₁(gᵢ) hᵢ. Summed in float32 for half-precision parameters.
-        """
         dtype = fft_dtype(self.weight_g)
-        size, g, h = self.size, self.weight_g.to(dtype), self.weight_h.to(dtype)
-        first_column = circulant_matmul(g, h, size).sum(0)
-        displacement = 2 * g.T @ h.flip(-1)
-        k = torch.arange(size, device=g.device)
-        steps = displacement.gather(0, (k[:, None] + k + 1) % size)  # steps[k, j] = R[k + j + 1 mod N, j]
-        partial_sums = nn.functional.pad(steps[:, :-1].cumsum(1), (1, 0))
-        diagonals = first_column[:, None] - partial_sums  # diagonals[k, j] = W[k + j mod N, j]
-        dense = diagonals.gather(0, (k[:, None] - k) % size)[: self.out_features, : self.in_features]
-        return dense.to(self.weight_g.dtype)
+        dense = LdrDense.apply(self.weight_g.to(dtype), self.weight_h.to(dtype))
+        return dense[: self.out_features, : self.in_features].to(self.weight_g.dtype)
 
     @property
     def step_flops_per_row(self) -> float:
