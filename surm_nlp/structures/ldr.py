@@ -23,7 +23,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import StructuredMatrix, require_positive_int
-from .fft import fast_fft_size, fft_dtype, fft_flops, toeplitz_kernel
+from .fft import circulant_matmul, fast_fft_size, fft_dtype, fft_flops, toeplitz_kernel
 
 
 def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class LdrDense(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(g, h)
-        first_column = _circular_convolution(g, h).sum(0)
+        first_column = circulant_matmul(g, h, g.shape[-1]).sum(0)  # Σᵢ Z₁(gᵢ) hᵢ
         steps = _shear(2 * g.T @ h.flip(-1), 1, 1)
         partial_sums = nn.functional.pad(steps[:, :-1].cumsum(1), (1, 0))
         return _shear(first_column[:, None] - partial_sums, -1)  # W[i, j] = D[i − j mod N, j]
@@ -124,11 +124,6 @@ class LdrDense(torch.autograd.Function):
         grad_g = grad_g + (grad_displacement @ h.flip(-1).T).T
         grad_h = grad_h + (g @ grad_displacement).flip(-1)
         return grad_g, grad_h
-
-
-def _circular_convolution(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Z₁(gᵢ) hᵢ = gᵢ ⊛ hᵢ for each row i."""
-    return torch.fft.irfft(torch.fft.rfft(g) * torch.fft.rfft(h), n=g.shape[-1])
 
 
 class LowDisplacementRank(StructuredMatrix):
