@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 import transformers
 from adapters import AdapterTrainer
-from datasets import DatasetDict, Value
+from datasets import Dataset, DatasetDict
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -45,6 +45,7 @@ from surm_nlp.glue import (
     Method,
     apply_method,
     check_columns,
+    encode_labels,
     get_task,
     glue_metric,
     head_modules,
@@ -76,7 +77,7 @@ class ModelArguments:
     adapter_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A trained adapter (an output_dir of this script) to evaluate or continue, instead of a new one."
+            "help": "A trained adapter (an output_dir of this script) to evaluate or train further, not a new one."
         },
     )
 
@@ -91,6 +92,7 @@ class DataTrainingArguments:
     )
     train_file: str | None = field(default=None, metadata={"help": "csv/tsv/json training file with a `label` column."})
     validation_file: str | None = field(default=None, metadata={"help": "csv/tsv/json validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "csv/tsv/json file to predict (--do_predict)."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every batch to max_seq_length (else dynamic)."}
@@ -99,6 +101,7 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Use the first N shuffled training examples."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N evaluation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use the first N test examples."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using the datasets cache."})
 
 
@@ -129,7 +132,7 @@ class ArgumentParser(HfArgumentParser):
     """Errors in one line naming the fix (argparse would print the usage of every TrainingArguments flag first)."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def parse_args(
@@ -137,12 +140,14 @@ def parse_args(
 ) -> tuple[ArgumentParser, ModelArguments, DataTrainingArguments, TrainingArguments, Method, GlueTask | None]:
     dataclasses = (ModelArguments, DataTrainingArguments, MethodArguments, TrainingArguments)
     parser = ArgumentParser(dataclasses, prog=os.path.basename(__file__))
-    model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    try:
+    try:  # unknown flags and TrainingArguments' own checks raise ValueError
+        model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         method = method_args.method()
         task = get_task(data_args.task_name) if data_args.task_name is not None else None
-        if data_args.task_name is None and not (data_args.train_file or data_args.validation_file):
+        if data_args.task_name is None and not user_files(data_args):
             raise ValueError("pass --task_name (GLUE, from the Hub or --glue_dir) or --train_file/--validation_file")
+        if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+            raise ValueError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
         if data_args.glue_dir and data_args.task_name is None:
             raise ValueError("--glue_dir needs --task_name to know which task folder to read")
     except ValueError as error:
@@ -150,12 +155,22 @@ def parse_args(
     return parser, model_args, data_args, training_args, method, task
 
 
-def load_raw_data(task: GlueTask | None, data_args: DataTrainingArguments, cache_dir: str | None) -> DatasetDict:
+def user_files(data_args: DataTrainingArguments) -> dict[str, str]:
+    """``--train_file``/``--validation_file``/``--test_file`` by split."""
+    files = ("train", data_args.train_file), ("validation", data_args.validation_file), ("test", data_args.test_file)
+    return {split: path for split, path in files if path}
+
+
+def load_raw_data(
+    task: GlueTask | None, data_args: DataTrainingArguments, splits: list[str], cache_dir: str | None
+) -> DatasetDict:
+    """The ``splits`` from ``--glue_dir``, the user's files or the Hub."""
     if data_args.glue_dir:
-        return load_glue_dir(task, data_args.glue_dir)
-    if data_args.train_file or data_args.validation_file:
-        return load_files(data_args.train_file, data_args.validation_file, cache_dir)
-    return load_hub(task, cache_dir)
+        return load_glue_dir(task, data_args.glue_dir, splits)
+    if user_files(data_args):
+        return load_files(user_files(data_args), cache_dir)
+    raw = load_hub(task, cache_dir)
+    return DatasetDict({split: raw[split] for split in splits})
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -178,48 +193,54 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start over)", last_checkpoint)
     set_seed(training_args.seed)
 
+    from_files = task is None or (bool(user_files(data_args)) and not data_args.glue_dir)
+    eval_splits = ("validation",) if from_files else task.eval_splits
+    test_splits = ("test",) if from_files else task.test_splits
+    splits = [
+        *(["train"] if training_args.do_train else []),
+        *(eval_splits if training_args.do_eval else ()),
+        *(test_splits if training_args.do_predict else ()),
+    ]
+    source = data_args.glue_dir or ", ".join(user_files(data_args).values()) or "the Hub dataset"
     try:
-        raw = load_raw_data(task, data_args, model_args.cache_dir)
+        raw = load_raw_data(task, data_args, splits, model_args.cache_dir)
+        if missing := [split for split in splits if split not in raw]:
+            raise ValueError(f"no {' or '.join(missing)} data for the --do_ flags: pass --{missing[0]}_file")
         if task is not None:
             text_keys, is_regression, label_names = task.text_keys, task.is_regression, task.label_names
         else:
             text_keys, is_regression, label_names = infer_columns(raw)
-            raw = encode_string_labels(raw, label_names)
-        check_columns(raw, text_keys, is_regression, data_args.glue_dir or data_args.train_file or "the Hub dataset")
-        eval_splits = task.eval_splits if task is not None else ("validation",)
-        if training_args.do_train and "train" not in raw:
-            raise ValueError("--do_train needs a training split (--train_file, or a GLUE task)")
-        if training_args.do_eval and any(split not in raw for split in eval_splits):
-            raise ValueError(
-                f"--do_eval needs the split(s) {', '.join(eval_splits)} (--validation_file, or a GLUE task)"
-            )
-    except (ValueError, FileNotFoundError) as error:
+        check_columns(raw, text_keys, is_regression, source)
+        raw = encode_labels(raw, label_names, source, by_name=task is None)
+    except (ValueError, OSError) as error:  # OSError: a missing file, no network
         parser.error(str(error))
     num_labels = 1 if is_regression else len(label_names)
 
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, num_labels=num_labels, finetuning_task=data_args.task_name,
-        cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-    )  # fmt: skip
-    if label_names is not None:
-        config.id2label, config.label2id = dict(enumerate(label_names)), {n: i for i, n in enumerate(label_names)}
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision, token=model_args.token,
-    )  # fmt: skip
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision, token=model_args.token,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-    )  # fmt: skip
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    heads = head_modules(model)
-    adapter_name = data_args.task_name or "glue"
-    if model_args.adapter_name_or_path:
-        model = load_trained(model, model_args.adapter_name_or_path)
-    else:
-        model = apply_method(model, method, adapter_name)
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, num_labels=num_labels, finetuning_task=data_args.task_name,
+            cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+        )  # fmt: skip
+        if label_names is not None:
+            config.id2label, config.label2id = dict(enumerate(label_names)), {n: i for i, n in enumerate(label_names)}
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision, token=model_args.token,
+        )  # fmt: skip
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision, token=model_args.token,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        )  # fmt: skip
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        heads = head_modules(model)
+        if model_args.adapter_name_or_path:
+            model = load_trained(model, model_args.adapter_name_or_path)
+        else:
+            model = apply_method(model, method, data_args.task_name or "glue")
+    except (ValueError, OSError, RuntimeError) as error:  # no such model, a head of other size, no target, no adapter
+        parser.error(str(error))
     counts = parameter_counts(model, heads)
     logger.info("trainable parameters: %(trainable_params)d, outside the task head: %(adapter_params)d", counts)
 
@@ -233,27 +254,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="tokenizing"):
         data = raw.map(tokenize, batched=True, load_from_cache_file=not data_args.overwrite_cache, desc="Tokenizing")
 
-    train_dataset = eval_datasets = None
+    train_dataset = eval_datasets = predict_datasets = None
     if training_args.do_train:
         train_dataset = data["train"]
         if data_args.max_train_samples is not None:
-            train_dataset = train_dataset.shuffle(seed=training_args.seed).select(
-                range(min(len(train_dataset), data_args.max_train_samples))
-            )
+            train_dataset = first(train_dataset.shuffle(seed=training_args.seed), data_args.max_train_samples)
     if training_args.do_eval:
-        eval_datasets = {split: data[split] for split in eval_splits}
-        if data_args.max_eval_samples is not None:
-            eval_datasets = {
-                s: d.select(range(min(len(d), data_args.max_eval_samples))) for s, d in eval_datasets.items()
-            }
+        eval_datasets = {split: first(data[split], data_args.max_eval_samples) for split in eval_splits}
+    if training_args.do_predict:
+        predict_datasets = {split: first(data[split], data_args.max_predict_samples) for split in test_splits}
 
     file_metrics = ("pearson", "spearmanr") if is_regression else ("accuracy",)  # user files without --task_name
     metric = glue_metric(data_args.task_name, task.metrics if task is not None else file_metrics)
 
+    def predicted(logits: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return logits.reshape(-1) if is_regression else np.argmax(logits, axis=1)
+
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predictions = np.squeeze(logits) if is_regression else np.argmax(logits, axis=1)
-        result = metric(predictions, prediction.label_ids)
+        result = metric(predicted(prediction.predictions), prediction.label_ids)
         if len(result) > 1:
             result["combined_score"] = float(np.mean(list(result.values())))
         return result
@@ -289,6 +308,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             trainer.log_metrics(prefix, metrics)
             trainer.save_metrics(prefix, metrics)
             all_metrics |= metrics
+    if training_args.do_predict:  # GLUE's submission format, as transformers' example writes it
+        for split, dataset in predict_datasets.items():
+            unlabelled = dataset.remove_columns([c for c in ("label",) if c in dataset.column_names])
+            predictions = predicted(trainer.predict(unlabelled, metric_key_prefix="predict").predictions)
+            if trainer.is_world_process_zero():
+                name = (data_args.task_name or "custom") + ("-mm" if split.endswith("mismatched") else "")
+                path = os.path.join(training_args.output_dir, f"predict_results_{name}.txt")
+                with open(path, "w") as f:
+                    f.write("index\tprediction\n")
+                    for index, item in enumerate(predictions):
+                        f.write(f"{index}\t{item:3.3f}\n" if is_regression else f"{index}\t{label_names[item]}\n")
+                logger.info("Predictions of %d %s examples in %s", len(predictions), split, path)
     trainer.log_metrics("params", counts)
     trainer.save_metrics("params", counts)
     all_metrics |= counts
@@ -306,28 +337,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return all_metrics
 
 
+def first(dataset: Dataset, n: int | None) -> Dataset:
+    """The first ``n`` examples of ``dataset`` (all of them when ``n`` is None)."""
+    return dataset if n is None else dataset.select(range(min(len(dataset), n)))
+
+
 def infer_columns(raw: DatasetDict) -> tuple[tuple[str, ...], bool, tuple[str, ...] | None]:
     """For user files without --task_name: text columns, regression or not, and label names (as the HF example)."""
-    split = raw["train"] if "train" in raw else next(iter(raw.values()))
-    if "label" not in split.column_names:
-        raise ValueError(f"the data needs a `label` column (has {', '.join(split.column_names)})")
-    is_regression = split.features["label"].dtype in ("float32", "float64")
-    others = [c for c in split.column_names if c not in ("label", "idx", "index")]
+    labelled = [dataset for split, dataset in raw.items() if not split.startswith("test")]
+    if not labelled:
+        raise ValueError("--test_file alone does not say the labels: pass --task_name, or --train_file with it")
+    if "label" not in labelled[0].column_names:
+        raise ValueError(f"the data needs a `label` column (has {', '.join(labelled[0].column_names)})")
+    is_regression = labelled[0].features["label"].dtype in ("float32", "float64")
+    others = [c for c in labelled[0].column_names if c not in ("label", "idx", "index")]
     text_keys = ("sentence1", "sentence2") if {"sentence1", "sentence2"} <= set(others) else tuple(others[:2])
     if is_regression:
         return text_keys, True, None
-    labels = sorted({str(label) for dataset in raw.values() for label in dataset["label"]})
+    labels = sorted({str(label) for dataset in labelled for label in dataset["label"]})
     return text_keys, False, tuple(labels)
-
-
-def encode_string_labels(raw: DatasetDict, label_names: tuple[str, ...] | None) -> DatasetDict:
-    """Labels → ids in the sorted order of ``label_names``, the same in every split."""
-    if label_names is None:
-        return raw
-    ids = {name: i for i, name in enumerate(label_names)}
-    features = next(iter(raw.values())).features.copy()
-    features["label"] = Value("int64")
-    return raw.map(lambda batch: {"label": [ids[str(y)] for y in batch["label"]]}, batched=True, features=features)
 
 
 if __name__ == "__main__":

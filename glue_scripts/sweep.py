@@ -3,10 +3,13 @@
 
 Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` (weights and log, not for git) and counts as
 finished once its ``all_results.json`` holds the task's eval metrics (run_glue.py writes the train
-metrics there first). A finished run's results are copied to the record
+metrics there first). A finished run's results are copied, with its settings (the base model's
+identity and the run_glue.py arguments), to the record
 ``{results_dir}/glue_{name}/{task}/{method}/seed{seed}.json`` (small, kept in git): the table is
 built from the records and a run with a record is skipped, so a sweep resumes where it stopped, on
-this machine or on a fresh clone. The table
+this machine or on a fresh clone. A record made with other settings stops the sweep before it runs
+anything (use another ``--name``, or delete the records to rerun them); a failed run is reported and
+the sweep goes on. The report's text (``--note``) is kept in ``glue_{name}/note.md``. The table
 (``results/glue_{name}.md`` and ``.csv``: mean ± std over seeds per task, their average, trainable
 parameters outside the head) and the plot (average score vs parameters, log x, SURM highlighted) are
 the shape of the paper's Table 5 and Figure 7 (right)::
@@ -14,7 +17,7 @@ the shape of the paper's Table 5 and Figure 7 (right)::
     python glue_scripts/sweep.py --name minilm --model_name_or_path <dir> --glue_dir ../shared/data/glue \\
         --tasks rte mrpc stsb cola sst2 --methods full lora houlsby compacter surm-adapter-circulant \\
         --seeds 0 1 2 -- --num_train_epochs 3 --max_train_samples 2000
-    python glue_scripts/sweep.py --name minilm --report_only ...   # table and plot from finished runs
+    python glue_scripts/sweep.py --name minilm --report_only --tasks ... --methods ...   # from the records
 
 Arguments after ``--`` go to every run_glue.py call (after the defaults below, so they override them).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -70,36 +74,72 @@ def read_results(path: Path, task: str) -> dict | None:
     return results if all(key in results for key in get_task(task).eval_metric_keys) else None
 
 
-def finished_results(args: argparse.Namespace, task: str, method: str, seed: int) -> dict | None:
-    """The run's record; a run finished in the runs folder but not recorded yet is recorded first."""
-    record = record_path(args.records_dir, task, method, seed)
-    if (results := read_results(record, task)) is not None:
-        return results
-    results = read_results(run_dir(args.runs_dir, task, method, seed) / "all_results.json", task)
-    if results is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return results
+def model_identity(model_name_or_path: str) -> str:
+    """A Hub id as it is; a local folder as its name and a digest of its config and weights (the same anywhere)."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return model_name_or_path
+    digest = hashlib.sha256()
+    for path in [*folder.glob("config.json"), *sorted(folder.glob("*.safetensors")), *sorted(folder.glob("*.bin"))]:
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return f"local folder {'/'.join(folder.resolve().parts[-2:])}, sha256 {digest.hexdigest()[:16]}"
 
 
-def run_all(args: argparse.Namespace, extra: list[str]) -> None:
+def settings(args: argparse.Namespace, method: str, extra: list[str]) -> dict:
+    """What a run's result depends on besides task and seed: the base model and the run_glue.py arguments."""
+    return {"model": args.model_identity, "arguments": [*DEFAULTS, *METHODS[method], *extra]}
+
+
+def check_records(args: argparse.Namespace, extra: list[str]) -> None:
+    """Stop before running anything if a record of this sweep was made with other settings."""
+    stale = [
+        path
+        for task in args.tasks
+        for method in args.methods
+        for seed in args.seeds
+        if (path := record_path(args.records_dir, task, method, seed)).is_file()
+        and json.loads(path.read_text()).get("settings") != settings(args, method, extra)
+    ]
+    if stale:
+        sys.exit(
+            f"sweep.py: error: {len(stale)} record(s) of sweep {args.name!r} were made with another model or other "
+            f"arguments ({stale[0]}, ...): pass another --name, or delete those records to rerun them"
+        )
+
+
+def run_all(args: argparse.Namespace, extra: list[str]) -> list[Path]:
+    """Run what is not recorded yet; record each finished run. Returns the runs that failed."""
+    failed = []
     for task in args.tasks:
         for method in args.methods:
             for seed in args.seeds:
                 output = run_dir(args.runs_dir, task, method, seed)
-                if finished_results(args, task, method, seed):
-                    print(f"done already: {output}", flush=True)
+                record = record_path(args.records_dir, task, method, seed)
+                expected = settings(args, method, extra)
+                if read_results(record, task) is not None:
+                    print(f"done already: {record}", flush=True)
                     continue
-                command = [
-                    *args.launcher.split(), str(RUN_GLUE), "--model_name_or_path", args.model_name_or_path,
-                    "--task_name", task, "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
-                    *(["--glue_dir", args.glue_dir] if args.glue_dir else []), *DEFAULTS, *METHODS[method], *extra,
-                ]  # fmt: skip
-                print("running:", " ".join(command), flush=True)
-                output.mkdir(parents=True, exist_ok=True)
-                with (output / "log.txt").open("w") as log:
-                    subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
-                finished_results(args, task, method, seed)
+                ran_with = output / "sweep_settings.json"  # a finished run with these settings is only recorded
+                results = read_results(output / "all_results.json", task)
+                if results is None or not (ran_with.is_file() and json.loads(ran_with.read_text()) == expected):
+                    command = [
+                        *args.launcher.split(), str(RUN_GLUE), "--model_name_or_path", args.model_name_or_path,
+                        "--task_name", task, "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
+                        *(["--glue_dir", args.glue_dir] if args.glue_dir else []), *expected["arguments"],
+                    ]  # fmt: skip
+                    print("running:", " ".join(command), flush=True)
+                    output.mkdir(parents=True, exist_ok=True)
+                    ran_with.write_text(json.dumps(expected, indent=2) + "\n")
+                    with (output / "log.txt").open("w") as log:
+                        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+                    if (results := read_results(output / "all_results.json", task)) is None:
+                        print(f"failed: {output} (see its log.txt); going on", flush=True)
+                        failed.append(output)
+                        continue
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(json.dumps(results | {"settings": expected}, indent=2, sort_keys=True) + "\n")
+    return failed
 
 
 def score(results: dict, task: str) -> float:
@@ -114,7 +154,7 @@ def collect(args: argparse.Namespace) -> dict[str, dict]:
         row = {"scores": {}, "params": None}
         for task in args.tasks:
             for seed in args.seeds:
-                if (results := finished_results(args, task, method, seed)) is None:
+                if (results := read_results(record_path(args.records_dir, task, method, seed), task)) is None:
                     continue
                 row["scores"].setdefault(task, []).append(score(results, task))
                 row["params"] = row["params"] or results["adapter_params"]
@@ -124,19 +164,25 @@ def collect(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def write_report(table: dict[str, dict], tasks: list[str], name: str, results_dir: Path, note: str) -> None:
+    """``glue_{name}.md`` (note and table: mean ± std), ``.csv`` (the same numbers, one per cell) and ``.png``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     header = ["method", "params", *tasks, "avg", "seeds"]
-    rows = []
+    md_rows, csv_rows = [], []
     for method, row in table.items():
         scores = row["scores"]
-        complete = all(task in scores for task in tasks)
-        average = f"{np.mean([np.mean(scores[task]) for task in tasks]):.1f}" if complete else "–"
-        cells = [f"{np.mean(s):.1f} ± {np.std(s):.1f}" if (s := scores.get(task)) else "–" for task in tasks]
-        seeds = sorted({len(s) for s in scores.values()})
-        rows.append([method, f"{row['params']:,}", *cells, average, "/".join(map(str, seeds))])
+        means = {task: np.mean(s) for task, s in scores.items()}
+        stds = {task: np.std(s) for task, s in scores.items()}
+        average = np.mean([means[task] for task in tasks]) if all(task in scores for task in tasks) else None
+        seeds = "/".join(map(str, sorted({len(s) for s in scores.values()})))
+        cells = [f"{means[task]:.1f} ± {stds[task]:.1f}" if task in scores else "–" for task in tasks]
+        md_rows.append([method, f"{row['params']:,}", *cells, "–" if average is None else f"{average:.1f}", seeds])
+        numbers = [x for task in tasks for x in (means.get(task, ""), stds.get(task, ""))]
+        csv_rows.append([method, row["params"], *numbers, "" if average is None else average, seeds])
     with (results_dir / f"glue_{name}.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+        std_header = [column for task in tasks for column in (task, f"{task}_std")]
+        csv.writer(f).writerows([["method", "params", *std_header, "avg", "seeds"], *csv_rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in md_rows]
     (results_dir / f"glue_{name}.md").write_text(f"# GLUE: {name}\n\n{note}\n\n" + "\n".join(lines) + "\n")
     plot(table, tasks, results_dir / f"glue_{name}.png")
 
@@ -170,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="Names results/glue_<name>.{md,csv,png}.")
-    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--model_name_or_path", help="Hub id or local folder; not needed with --report_only.")
     parser.add_argument("--glue_dir", default=None, help="Local GLUE folder (official TSVs); default: the Hub.")
     parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"], choices=GLUE_TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -178,16 +224,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: outputs/glue_<name>.")
     parser.add_argument("--results_dir", type=Path, default=Path("results"), help="Table, plot and run records.")
     parser.add_argument("--launcher", default=f"{sys.executable}", help='e.g. "accelerate launch --config_file ..."')
-    parser.add_argument("--note", default="", help="A sentence for the report: model, subsampling, epochs.")
+    parser.add_argument(
+        "--note", default=None, help="The report's text: model, subsampling, epochs (kept for later runs)."
+    )
     parser.add_argument("--report_only", action="store_true", help="Only write the table and plot.")
     args = parser.parse_args(argv)
+    if not args.report_only and args.model_name_or_path is None:
+        parser.error("--model_name_or_path is needed to run (only --report_only goes without it)")
     args.runs_dir = args.runs_dir or Path("outputs") / f"glue_{args.name}"
     args.records_dir = args.results_dir / f"glue_{args.name}"
+    note_file = args.records_dir / "note.md"
+    if args.note is not None:
+        note_file.parent.mkdir(parents=True, exist_ok=True)
+        note_file.write_text(args.note.strip() + "\n")
+    failed = []
     if not args.report_only:
-        run_all(args, extra)
+        args.model_identity = model_identity(args.model_name_or_path)
+        check_records(args, extra)
+        failed = run_all(args, extra)
     table = collect(args)
-    write_report(table, args.tasks, args.name, args.results_dir, args.note)
+    note = note_file.read_text().strip() if note_file.is_file() else ""
+    write_report(table, args.tasks, args.name, args.results_dir, note)
     print(f"wrote {args.results_dir}/glue_{args.name}.{{md,csv,png}}")
+    if failed:
+        sys.exit(f"sweep.py: {len(failed)} run(s) failed, see their log.txt: {', '.join(map(str, failed))}")
 
 
 if __name__ == "__main__":

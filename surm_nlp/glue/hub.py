@@ -13,14 +13,17 @@ NOT_UPLOADED = ["checkpoint-*/**", "runs/**", "training_args.bin"]
 
 
 def model_card(base_model: str, task: str, method: Method, counts: dict[str, int], metrics: dict[str, float]) -> str:
-    """A README.md stating the base model, the method and its config, the parameter counts and the scores."""
+    """A README.md stating the base model, the method and its config, the parameter counts and the scores.
+
+    The metadata names ``base_model`` only when it is a Hub id, not a local folder.
+    """
     config = asdict(method)
     rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items()) if key.startswith("eval_"))
     options = "\n".join(f"| `{key}` | `{value}` |" for key, value in sorted(config.items()) if value is not None)
+    hub_id = "" if Path(base_model).exists() else f"base_model: {base_model}\n"  # the Hub rejects local paths there
     return f"""---
 library_name: {method.library}
-base_model: {base_model}
-tags: [surm, structured-matrices, glue, {task}]
+{hub_id}tags: [surm, structured-matrices, glue, {task}]
 ---
 # {method.name} on GLUE {task.upper()}
 

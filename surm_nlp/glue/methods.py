@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from ..adapter import SurmAdapterConfig
 from ..lora import SurmConfig
-from ..structures import STRUCTURES
+from ..structures import STRUCTURES, rank_options
 
 SURM_CHOICES = ("none", *STRUCTURES)
 SURM_MODES = ("lora", "adapter")
@@ -45,11 +45,20 @@ class Method:
             raise ValueError(f"--surm none needs --baseline, one of {', '.join(BASELINES)} (got {self.baseline!r})")
         if self.surm != "none" and self.baseline is not None:
             raise ValueError(f"--baseline {self.baseline} runs without SURM: pass --surm none, or drop --baseline")
+        if self.surm != "none":
+            rank_options(self.surm, self.rank)  # raises on a --surm_rank the structure does not take
+        if self.targets and not self.adapts_linear_layers:
+            raise ValueError(f"--surm_targets applies to SURM-LoRA and LoRA, not to {self.name}: drop it")
 
     @property
     def name(self) -> str:
         """A short label: ``surm-lora-toeplitz``, ``surm-adapter-circulant``, ``lora``, ``houlsby``..."""
         return self.baseline if self.surm == "none" else f"surm-{self.surm_mode}-{self.surm}"
+
+    @property
+    def adapts_linear_layers(self) -> bool:
+        """SURM-LoRA or LoRA: an update of the target linear layers (``targets``)."""
+        return (self.surm != "none" and self.surm_mode == "lora") or self.baseline == "lora"
 
     @property
     def uses_adapters_library(self) -> bool:
@@ -76,6 +85,8 @@ def apply_method(model: PreTrainedModel, method: Method, adapter_name: str) -> n
     """Freeze ``model`` and add what ``method`` trains; the task head always trains."""
     heads = head_modules(model)
     targets = list(method.targets) if method.targets else None
+    if targets:
+        check_targets(model, targets)
     if method.surm != "none" and method.surm_mode == "lora":
         config = SurmConfig(
             structure=method.surm, rank=method.rank, alpha=method.alpha, dropout=method.dropout,
@@ -102,18 +113,33 @@ def apply_method(model: PreTrainedModel, method: Method, adapter_name: str) -> n
     return model
 
 
+def check_targets(model: nn.Module, targets: list[str]) -> None:
+    """Raise a ValueError naming the model's linear layers when a target (a module name suffix) matches none."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [target for target in targets if not any(n == target or n.endswith(f".{target}") for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(
+            f"--surm_targets {','.join(missing)}: no such module in {type(model).__name__}; "
+            f"its linear layers are {', '.join(linear)}"
+        )
+
+
 def load_trained(model: PreTrainedModel, path: str | Path) -> nn.Module:
-    """``model`` with the PEFT adapter or the ``adapters`` adapter saved at ``path`` (as the runner saves them)."""
+    """``model`` with the PEFT adapter or the ``adapters`` adapter saved at ``path`` (as the runner saves them).
+
+    The adapter and the task head are trainable, as after ``apply_method``: evaluate it or train it further.
+    """
     path = Path(path)
     config_file = path / "adapter_config.json"
     if config_file.is_file() and "peft_type" in json.loads(config_file.read_text()):
-        return PeftModel.from_pretrained(model, path)
+        return PeftModel.from_pretrained(model, path, is_trainable=True)
     saved = [path] if config_file.is_file() else sorted(config.parent for config in path.glob("*/adapter_config.json"))
     if not saved:
         raise FileNotFoundError(f"{path} holds no PEFT adapter (adapter_config.json) and no saved `adapters` adapter")
     adapters.init(model)
     names = [model.load_adapter(str(folder)) for folder in saved]
-    model.set_active_adapters(names[0])
+    model.train_adapter(names[0])  # freezes the encoder; the head stays trainable
     return model
 
 

@@ -10,8 +10,9 @@ class GlueTask:
     """One GLUE task as the Hub's ``nyu-mll/glue`` names it, and where its fields are in the official TSVs.
 
     ``tsv_columns`` maps each Hub column (the text keys and ``label``) to a TSV header name, or to a
-    column index when the file has no header (CoLA). ``label_names`` is None for regression (STS-B);
-    TSV labels are strings and are mapped to the Hub's integer ids through it.
+    column index when the train/dev files have no header (CoLA, whose unlabelled ``test.tsv`` has the
+    header ``index, sentence``). ``label_names`` is None for regression (STS-B); TSV labels are
+    strings and are mapped to the Hub's integer ids through it.
     """
 
     name: str
@@ -36,9 +37,20 @@ class GlueTask:
         """The task's scores as run_glue.py records them: ``eval_accuracy``, ``eval_f1``, ``eval_mm_accuracy``..."""
         return tuple(f"{metric_prefix(split)}_{metric}" for split in self.eval_splits for metric in self.metrics)
 
-    def dev_file(self, split: str) -> str:
-        """``validation_matched`` → ``dev_matched.tsv``; ``validation`` → ``dev.tsv``."""
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        """The unlabelled splits of ``--do_predict``: ``test``, or MNLI's ``test_matched`` and ``test_mismatched``."""
+        return tuple(split.replace("validation", "test") for split in self.eval_splits)
+
+    def tsv_file(self, split: str) -> str:
+        """``train`` → ``train.tsv``, ``validation_matched`` → ``dev_matched.tsv``, ``test`` → ``test.tsv``."""
         return split.replace("validation", "dev") + ".tsv"
+
+    def tsv_layout(self, split: str) -> tuple[dict[str, str | int], bool]:
+        """The columns to read from the split's TSV and whether it has a header (test files: text only, header)."""
+        if not split.startswith("test"):
+            return self.tsv_columns, self.has_header
+        return {key: self.tsv_columns[key] if self.has_header else key for key in self.text_keys}, True
 
 
 def metric_prefix(split: str) -> str:
