@@ -67,10 +67,15 @@ class ModelArguments:
     model_name_or_path: str = field(
         metadata={"help": "Hub id (e.g. roberta-base) or local directory of the base model."}
     )
+    config_name: str | None = field(default=None, metadata={"help": "Config, if not the model's."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers) tokenizer."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the model's own code from the Hub (only for repositories you trust)."}
+    )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialise a saved classifier whose number of labels differs."}
     )
@@ -217,21 +222,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     num_labels = 1 if is_regression else len(label_names)
 
     try:
+        hub = {
+            "cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
+            "trust_remote_code": model_args.trust_remote_code,
+        }  # fmt: skip
         config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, num_labels=num_labels, finetuning_task=data_args.task_name,
-            cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+            model_args.config_name or model_args.model_name_or_path, num_labels=num_labels,
+            finetuning_task=data_args.task_name, **hub,
         )  # fmt: skip
         if label_names is not None:
             config.id2label, config.label2id = dict(enumerate(label_names)), {n: i for i, n in enumerate(label_names)}
         tokenizer = AutoTokenizer.from_pretrained(
-            model_args.tokenizer_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision, token=model_args.token,
-        )  # fmt: skip
+            model_args.tokenizer_name or model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer, **hub
+        )
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision, token=model_args.token,
+            model_args.model_name_or_path,
+            config=config,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )  # fmt: skip
+            **hub,
+        )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         heads = head_modules(model)
