@@ -164,7 +164,7 @@ def collect(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def write_report(table: dict[str, dict], tasks: list[str], name: str, results_dir: Path, note: str) -> None:
-    """``glue_{name}.md`` (note and table: mean ± std), ``.csv`` (the same numbers, one per cell) and ``.png``."""
+    """``glue_{name}.md`` (note and table: mean ± std), ``.csv`` (the same, 2 decimals, one number a cell), ``.png``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     header = ["method", "params", *tasks, "avg", "seeds"]
     md_rows, csv_rows = [], []
@@ -176,8 +176,8 @@ def write_report(table: dict[str, dict], tasks: list[str], name: str, results_di
         seeds = "/".join(map(str, sorted({len(s) for s in scores.values()})))
         cells = [f"{means[task]:.1f} ± {stds[task]:.1f}" if task in scores else "–" for task in tasks]
         md_rows.append([method, f"{row['params']:,}", *cells, "–" if average is None else f"{average:.1f}", seeds])
-        numbers = [x for task in tasks for x in (means.get(task, ""), stds.get(task, ""))]
-        csv_rows.append([method, row["params"], *numbers, "" if average is None else average, seeds])
+        numbers = [round(x[task], 2) if task in x else "" for task in tasks for x in (means, stds)]
+        csv_rows.append([method, row["params"], *numbers, "" if average is None else round(average, 2), seeds])
     with (results_dir / f"glue_{name}.csv").open("w", newline="") as f:
         std_header = [column for task in tasks for column in (task, f"{task}_std")]
         csv.writer(f).writerows([["method", "params", *std_header, "avg", "seeds"], *csv_rows])

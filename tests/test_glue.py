@@ -327,7 +327,7 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
     rows = list(csv.reader((tmp_path / "results" / "glue_tiny.csv").open()))
     assert rows[0] == ["method", "params", "rte", "rte_std", "avg", "seeds"] and len(rows) == 3
     lora = results["lora"]
-    assert rows[1][:4] == ["lora", str(lora["adapter_params"]), str(100 * lora["eval_accuracy"]), "0.0"]
+    assert rows[1][:4] == ["lora", str(lora["adapter_params"]), str(round(100 * lora["eval_accuracy"], 2)), "0.0"]
     shutil.rmtree(tmp_path / "runs")  # a fresh clone: only the records are there
     sweep.main(argv)
     assert not (tmp_path / "runs").exists() and (tmp_path / "results" / "glue_tiny.md").read_text() == table
