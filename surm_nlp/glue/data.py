@@ -127,7 +127,8 @@ def check_columns(data: DatasetDict, text_keys: tuple[str, ...], regression: boo
     """Raise a ValueError naming the fix when the data does not have the task's columns or label type."""
     for split, dataset in data.items():
         labelled = not split.startswith("test")
-        missing = [key for key in (*text_keys, *["label"] * labelled) if key not in dataset.column_names]
+        required = (*text_keys, "label") if labelled else text_keys
+        missing = [key for key in required if key not in dataset.column_names]
         if missing:
             raise ValueError(
                 f"{source} split {split!r} lacks column(s) {', '.join(missing)} (has {', '.join(dataset.column_names)})"
