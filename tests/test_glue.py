@@ -165,6 +165,17 @@ def test_run_glue_trains_evaluates_saves_and_reloads(
     assert (reloaded["adapter_params"], reloaded["trainable_params"]) == (adapter_params, results["trainable_params"])
 
 
+def test_bf16_with_gradient_accumulation_trains_and_logs_the_loss(tiny_model, glue_dir, tmp_path):
+    args = ["--task_name", "rte", "--glue_dir", str(glue_dir), "--surm", "toeplitz", "--do_train", "--bf16"]
+    results = run(
+        tiny_model, tmp_path, *args, "--gradient_accumulation_steps", "2", "--max_steps", "2", "--logging_steps", "1"
+    )
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["epoch"] == 1.0  # 2 steps × 2 accumulated batches × 8 = the 32 rows
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and 0 <= results["eval_accuracy"] <= 1
+
+
 def test_user_files_push_to_hub_with_a_stubbed_hub_and_resume(tiny_model, tmp_path, monkeypatch, caplog):
     rng = random.Random(1)
     rows = ["sentence,label"] + [f"{sentence(rng)},{rng.choice(['positive', 'negative'])}" for _ in range(24)]
