@@ -172,8 +172,8 @@ def load_raw_data(
     """The ``splits`` from ``--glue_dir``, the user's files or the Hub."""
     if data_args.glue_dir:
         return load_glue_dir(task, data_args.glue_dir, splits)
-    if user_files(data_args):
-        return load_files(user_files(data_args), cache_dir)
+    if files := user_files(data_args):
+        return load_files(files, cache_dir)
     raw = load_hub(task, cache_dir)
     return DatasetDict({split: raw[split] for split in splits})
 

@@ -98,32 +98,29 @@ class LdrDense(torch.autograd.Function):
 
     Column by column W[i, j + 1] = W[i − 1 mod N, j] − R[i, j], so along each wrapped diagonal
     k = i − j mod N an entry is W[k, 0] minus a partial sum of R: D[k, j] = W[k + j mod N, j] =
-    c[k] − Σ_{j' < j} R[k + j' + 1 mod N, j'], with the first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ. The backward
-    runs these steps' adjoints and saves only g and h (autograd would keep several N × N intermediates).
+    c[k] − Σ_{j' < j} R[k + j' + 1 mod N, j'], with the first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given
+    (its gradient flows on through ``circulant_matmul``). The backward runs these steps' adjoints and
+    saves only g and h (autograd would keep several N × N intermediates).
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(g, h)
-        first_column = circulant_matmul(g, h, g.shape[-1]).sum(0)  # Σᵢ Z₁(gᵢ) hᵢ
         steps = _shear(2 * g.T @ h.flip(-1), 1, 1)
         partial_sums = nn.functional.pad(steps[:, :-1].cumsum(1), (1, 0))
         return _shear(first_column[:, None] - partial_sums, -1)  # W[i, j] = D[i − j mod N, j]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, h = ctx.saved_tensors
         grad_diagonals = _shear(grad_dense, 1)  # ∂D[k, j] = ∂W[k + j mod N, j]
         suffix_sums = grad_diagonals.flip(1).cumsum(1).flip(1)  # Σ_{j'' ≥ j} ∂D[k, j'']
         grad_steps = -nn.functional.pad(suffix_sums[:, 1:], (0, 1))  # steps[k, j] enters D[k, j''] for j'' > j
         grad_displacement = 2 * _shear(grad_steps, -1, -1)  # ∂R[i, j] = ∂steps[i − j − 1 mod N, j]
-        grad_first_column = torch.fft.rfft(grad_diagonals.sum(1))
-        grad_g = torch.fft.irfft(grad_first_column * torch.fft.rfft(h).conj(), n=g.shape[-1])
-        grad_h = torch.fft.irfft(grad_first_column * torch.fft.rfft(g).conj(), n=h.shape[-1])
-        grad_g = grad_g + (grad_displacement @ h.flip(-1).T).T
-        grad_h = grad_h + (g @ grad_displacement).flip(-1)
-        return grad_g, grad_h
+        grad_g = (grad_displacement @ h.flip(-1).T).T
+        grad_h = (g @ grad_displacement).flip(-1)
+        return grad_diagonals.sum(1), grad_g, grad_h
 
 
 class LowDisplacementRank(StructuredMatrix):
@@ -149,7 +146,8 @@ class LowDisplacementRank(StructuredMatrix):
 
     def to_dense(self) -> torch.Tensor:
         dtype = fft_dtype(self.weight_g)
-        dense = LdrDense.apply(self.weight_g.to(dtype), self.weight_h.to(dtype))
+        g, h = self.weight_g.to(dtype), self.weight_h.to(dtype)
+        dense = LdrDense.apply(circulant_matmul(g, h, self.size).sum(0), g, h)  # first column Σᵢ Z₁(gᵢ) hᵢ
         return dense[: self.out_features, : self.in_features].to(self.weight_g.dtype)
 
     @property
