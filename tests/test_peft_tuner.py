@@ -129,8 +129,8 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure):
     """Whichever way the layer trains (folded or structured), output and gradients are the structured ones."""
     model, layer = two_adapter_layer(structure)
     model.train()
-    x = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(3, 5, 48, dtype=torch.float64)
+    x = torch.randn(3, 8, 32, dtype=torch.float64, requires_grad=True)  # 24 rows: max(m, n)/2, folding may pay
+    upstream = torch.randn(3, 8, 48, dtype=torch.float64)
     # With the circulant adapter every pair folds at this width (each FFT product costs more than the 2mn
     # flops per row of the dense weight gradient); alone, Kronecker and low rank train structured.
     for adapters, folds in ((["default", "second"], True), (["default"], structure not in ("kronecker", "lowrank"))):
@@ -148,17 +148,19 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure):
 
 
 def test_training_folds_where_the_structured_product_costs_more():
-    """At RoBERTa-base width (768 × 768) Toeplitz and LDR train folded, the cheaper products structured."""
+    """At RoBERTa-base width (768 × 768) Toeplitz and LDR train folded from 384 rows; the cheaper products never."""
     folded = {}
     for structure in STRUCTURES:
-        layer = get_peft_model(
+        model = get_peft_model(
             torch.nn.Sequential(torch.nn.Linear(768, 768)), surm_config(structure, target_modules=["0"])
         )
-        folded[structure] = layer.base_model.model[0]._folds_into_weight(torch.randn(8, 768))
+        layer = model.base_model.model[0]
+        folded[structure] = layer._folds_into_weight(torch.randn(2, 192, 768))
+        assert not layer._folds_into_weight(torch.randn(2, 191, 768))  # S costs O(mn) per step: too few rows
     assert [structure for structure, folds in folded.items() if folds] == ["toeplitz", "symmetric_toeplitz", "ldr"]
     _, layer = two_adapter_layer("toeplitz", dropout=0.1)
     layer.train()
-    assert not layer._folds_into_weight(torch.randn(8, 32))  # dropout on the adapter input: structured
+    assert not layer._folds_into_weight(torch.randn(24, 32))  # dropout on the adapter input: structured
 
 
 @pytest.mark.parametrize("structure", ["toeplitz", "kronecker", "lowrank"])

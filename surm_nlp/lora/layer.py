@@ -132,9 +132,11 @@ class Linear(nn.Module, SurmLayer):
         max(m, n)/16 rows on (a sequence of a few tokens, not single-token decoding). With gradients,
         folding adds the dense weight gradient ∂yᵀx (2mn flops per row; the forward and ∂x are the
         base layer's matmuls) and saves the structured forward and backward
-        (``step_flops_per_row``), so it pays when those cost more; not with dropout on the adapter's
-        input. Never where W₀ or S is not a whole tensor outside its own module's forward:
-        a quantized base, DeepSpeed ZeRO-3 partitions, accelerate offloading, FSDP shards.
+        (``step_flops_per_row``), so it pays when those cost more and, as S and its gradient then cost
+        O(mn) per step, from about max(m, n)/2 rows on (measured: bench/fold_rows.py); not with
+        dropout on the adapter's input. Never where W₀ or S is not a whole tensor outside its own
+        module's forward: a quantized base, DeepSpeed ZeRO-3 partitions, accelerate offloading, FSDP
+        shards.
         """
         base = self.get_base_layer()
         if type(base) is not nn.Linear or hasattr(base, "_hf_hook") or hasattr(base.weight, "ds_id"):
@@ -142,11 +144,12 @@ class Linear(nn.Module, SurmLayer):
         adapters = self._active_surm()
         if not all(self._is_whole(self.surm_matrix[a]) for a in adapters):
             return False
+        rows, size = x.numel() // x.shape[-1], max(self.in_features, self.out_features)
         if torch.is_grad_enabled():
             structured = sum(self.surm_matrix[a].step_flops_per_row for a in adapters)
             no_dropout = not self.training or all(isinstance(self.surm_dropout[a], nn.Identity) for a in adapters)
-            return no_dropout and structured > 2 * self.in_features * self.out_features
-        return not self.training and x.numel() // x.shape[-1] >= max(self.in_features, self.out_features) // 16
+            return no_dropout and structured > 2 * self.in_features * self.out_features and rows >= size // 2
+        return not self.training and rows >= size // 16
 
     @staticmethod
     def _is_whole(matrix: nn.Module) -> bool:

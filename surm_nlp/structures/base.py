@@ -85,8 +85,9 @@ class StructuredMatrix(nn.Module):
 class IndexedStructuredMatrix(StructuredMatrix):
     """A structure whose entries are copies of one parameter vector: W[i, j] = p[index[i, j]].
 
-    Circulant and (symmetric) Toeplitz matrices are of this kind. ``to_dense`` is a gather and
-    the least-squares fit is closed-form: each p[k] is the mean of the target entries it covers.
+    Circulant and (symmetric) Toeplitz matrices are of this kind, all Toeplitz: W is a strided view of
+    its diagonals (``to_dense``), and the least-squares fit is closed-form: each p[k] is the mean of
+    the target entries it covers.
     """
 
     weight: nn.Parameter
@@ -103,8 +104,14 @@ class IndexedStructuredMatrix(StructuredMatrix):
         """Long tensor (out_features, in_features) of positions into ``self.weight``."""
         raise NotImplementedError
 
+    def diagonals(self) -> torch.Tensor:
+        """t of length m + n − 1 with W[i, j] = t[i − j + n − 1] (diagonal d = i − j at d + n − 1)."""
+        raise NotImplementedError
+
     def to_dense(self) -> torch.Tensor:
-        return self.weight[self._index().to(self.weight.device)]
+        # Upside down, W is the Hankel matrix W[m − 1 − i, j] = t̄[i + j] of t reversed: its windows of
+        # length n, a view (a gather, and its scatter-add backward, cost several times more).
+        return self.diagonals().flip(-1).unfold(-1, self.in_features, 1).flip(-2)
 
     @torch.no_grad()
     def fit_(self, target: torch.Tensor) -> IndexedStructuredMatrix:

@@ -28,6 +28,10 @@ class Circulant(IndexedStructuredMatrix):
         cols = torch.arange(self.in_features)[None, :]
         return (rows - cols) % self.size
 
+    def diagonals(self) -> torch.Tensor:
+        offsets = torch.arange(1 - self.in_features, self.out_features, device=self.weight.device)
+        return self.weight[offsets % self.size]
+
     @property
     def step_flops_per_row(self) -> float:
         return fft_flops(self.size, 5)  # see circulant_matmul

@@ -79,48 +79,47 @@ class LdrMatmul(torch.autograd.Function):
         return grad_g, grad_kernels, grad_x, None
 
 
-def _shear(a: torch.Tensor, slope: int, shift: int = 0) -> torch.Tensor:
-    """b[k, j] = a[(k + slope·j + shift) mod N, j] for a square (N, N) ``a`` and slope ±1.
+def _diagonal_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t]: prefix sums along the wrapped diagonals of a square x.
 
-    A strided view of a stacked on itself (element (k, j) at offset (k + j + shift)·N + j), no index
-    tensor; slope −1 is slope +1 on the columns in reverse order (j → N − 1 − j).
+    x is stacked on itself, so the diagonal from (d, 0) is the strided row (d + t)·N + t, t < N, of
+    that buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
+    (a > b) and in the second on and above it.
     """
-    size = a.shape[0]
-    if slope < 0:
-        return _shear(a.flip(1), 1, shift + 1).flip(1)
-    shift %= size
-    stacked = torch.cat([a, a, a[:shift]])  # rows up to (N − 1) + (N − 1) + shift
-    return stacked.as_strided((size, size), (size, size + 1), stacked.storage_offset() + shift * size)
+    size = x.shape[0]
+    stacked = x.new_empty(2, size, size)
+    stacked.copy_(x.expand(2, size, size))
+    stacked.as_strided((size, size), (size, size + 1), size).cumsum_(1)
+    below = torch.ones(size, size, dtype=torch.bool, device=x.device).tril_(-1)
+    return torch.where(below, stacked[0], stacked[1])
 
 
 class LdrDense(torch.autograd.Function):
-    """W(G, H) as a dense N × N matrix in O(r·N²) from its displacement R = Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
+    """W(G, H) as a dense N × N matrix in O(r·N²) from its displacement Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
 
-    Column by column W[i, j + 1] = W[i − 1 mod N, j] − R[i, j], so along each wrapped diagonal
-    k = i − j mod N an entry is W[k, 0] minus a partial sum of R: D[k, j] = W[k + j mod N, j] =
-    c[k] − Σ_{j' < j} R[k + j' + 1 mod N, j'], with the first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given
-    (its gradient flows on through ``circulant_matmul``). The backward runs these steps' adjoints and
-    saves only g and h (autograd would keep several N × N intermediates).
+    Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j], so W is the prefix sum
+    along wrapped diagonals of F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[1])], with the first column
+    c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given (its gradient flows on through ``circulant_matmul``). The backward
+    needs the suffix sums along the diagonals of ∂W: the prefix sums of ∂W rotated by 180°, rotated
+    back. Saves only g and h.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(g, h)
-        steps = _shear(2 * g.T @ h.flip(-1), 1, 1)
-        partial_sums = nn.functional.pad(steps[:, :-1].cumsum(1), (1, 0))
-        return _shear(first_column[:, None] - partial_sums, -1)  # W[i, j] = D[i − j mod N, j]
+        steps = g.new_empty(g.shape[-1], g.shape[-1])
+        steps[:, 0] = first_column
+        torch.mm(g.T, -2 * h[:, 1:].flip(-1), out=steps[:, 1:])
+        return _diagonal_cumsum(steps)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, h = ctx.saved_tensors
-        grad_diagonals = _shear(grad_dense, 1)  # ∂D[k, j] = ∂W[k + j mod N, j]
-        suffix_sums = grad_diagonals.flip(1).cumsum(1).flip(1)  # Σ_{j'' ≥ j} ∂D[k, j'']
-        grad_steps = -nn.functional.pad(suffix_sums[:, 1:], (0, 1))  # steps[k, j] enters D[k, j''] for j'' > j
-        grad_displacement = 2 * _shear(grad_steps, -1, -1)  # ∂R[i, j] = ∂steps[i − j − 1 mod N, j]
-        grad_g = (grad_displacement @ h.flip(-1).T).T
-        grad_h = (g @ grad_displacement).flip(-1)
-        return grad_diagonals.sum(1), grad_g, grad_h
+        rotated = _diagonal_cumsum(grad_dense.flip(0, 1))  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
+        grad_g = -2 * (rotated[:, :-1] @ h[:, 1:].T).flip(0).T
+        grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (1, 0))  # h[0] enters only c
+        return rotated[:, -1].flip(0), grad_g, grad_h
 
 
 class LowDisplacementRank(StructuredMatrix):

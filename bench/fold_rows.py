@@ -1,0 +1,93 @@
+"""When training folded pays: one SURM-LoRA layer's step, folded and structured, over row counts.
+
+A SURM-LoRA layer around a frozen ``nn.Linear`` trains either folded, y = x(W₀ + αS)ᵀ (one matmul
+as in the base layer, plus the dense weight gradient ∂yᵀx and S materialised with its gradient), or
+structured, y = W₀x + α·S(x) (the FFT or matmul product of the structure). This times both paths of
+the real layer (forward, (y·g).sum(), backward to S and to x) for each structure, shape and number
+of rows of x, interleaved, and shows which the layer chooses (``_folds_into_weight``).
+
+    python bench/fold_rows.py --shapes 768x768 --rows 32 128 512 1024 --output bench/fold_rows.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from layer_time import parse_shape, step
+from peft import get_peft_model
+
+from surm_nlp import SurmConfig
+from surm_nlp.structures import STRUCTURES
+
+PATHS = ("folded", "structured")
+
+
+def surm_layer(structure: str, rank: int | None, shape: tuple[int, int]) -> torch.nn.Module:
+    """The SURM-LoRA layer around a frozen (in, out) ``nn.Linear``, S random (not zero)."""
+    config = SurmConfig(structure=structure, rank=rank, target_modules=["0"], init_weights=False)
+    return get_peft_model(torch.nn.Sequential(torch.nn.Linear(*shape)), config).base_model.model[0]
+
+
+def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each path, and the layer's own choice for an input of ``rows`` rows."""
+    x = torch.randn(rows, layer.in_features, requires_grad=True)
+    upstream = torch.randn(rows, layer.out_features)
+    chooses = layer._folds_into_weight(x)
+    times: dict[str, list[float]] = {path: [] for path in PATHS}
+    for i in range(warmup + repeats):
+        for path in PATHS:
+            layer._folds_into_weight = lambda _, folds=path == "folded": folds
+            elapsed = step(layer, x, upstream)
+            if i >= warmup:
+                times[path].append(elapsed)
+    del layer._folds_into_weight
+    return {**{path: statistics.median(t) for path, t in times.items()}, "chooses_folded": chooses}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(768, 768)], help="in x out")
+    parser.add_argument("--rows", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
+    parser.add_argument(
+        "--structures", nargs="+", default=["toeplitz", "symmetric_toeplitz", "ldr"], choices=STRUCTURES
+    )
+    parser.add_argument("--rank", type=int, default=None, help="displacement rank of ldr (default 1)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    results = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'shape':<10} {'structure':<20} {'rows':>6} {'folded ms':>10} {'structured ms':>14} {'faster':>11} layer")
+    for shape in args.shapes:
+        label = f"{shape[0]}x{shape[1]}"
+        for structure in args.structures:
+            layer = surm_layer(structure, args.rank if structure == "ldr" else None, shape)
+            for rows in args.rows:
+                timing = bench_layer(layer, rows, args.repeats, args.warmup)
+                faster = "folded" if timing["folded"] < timing["structured"] else "structured"
+                chosen = "folded" if timing["chooses_folded"] else "structured"
+                results.append({"shape": label, "structure": structure, "rows": rows, **timing})
+                print(
+                    f"{label:<10} {structure:<20} {rows:>6} {1e3 * timing['folded']:>10.2f} "
+                    f"{1e3 * timing['structured']:>14.2f} {faster:>11} {chosen}",
+                    flush=True,
+                )
+    if args.output:
+        meta = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "repeats": args.repeats,
+            "ldr_rank": args.rank or 1,
+        }
+        args.output.write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
