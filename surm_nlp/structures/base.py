@@ -85,9 +85,10 @@ class StructuredMatrix(nn.Module):
 class IndexedStructuredMatrix(StructuredMatrix):
     """A structure whose entries are copies of one parameter vector: W[i, j] = p[index[i, j]].
 
-    Circulant and (symmetric) Toeplitz matrices are of this kind, all Toeplitz: W is a strided view of
-    its diagonals (``to_dense``), and the least-squares fit is closed-form: each p[k] is the mean of
-    the target entries it covers.
+    Circulant and (symmetric) Toeplitz matrices are of this kind, all Toeplitz: each says which p[k]
+    lies on each diagonal (``_diagonal_positions``), W is a strided view of its diagonals
+    (``to_dense``), and the least-squares fit is closed-form: each p[k] is the mean of the target
+    entries it covers.
     """
 
     weight: nn.Parameter
@@ -100,13 +101,13 @@ class IndexedStructuredMatrix(StructuredMatrix):
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.weight, -bound, bound)
 
-    def _index(self) -> torch.Tensor:
-        """Long tensor (out_features, in_features) of positions into ``self.weight``."""
+    def _diagonal_positions(self) -> torch.Tensor:
+        """Long tensor (m + n − 1,): the position in ``self.weight`` of diagonal d = i − j, at d + n − 1."""
         raise NotImplementedError
 
     def diagonals(self) -> torch.Tensor:
-        """t of length m + n − 1 with W[i, j] = t[i − j + n − 1] (diagonal d = i − j at d + n − 1)."""
-        raise NotImplementedError
+        """t of length m + n − 1 with W[i, j] = t[i − j + n − 1]."""
+        return self.weight[self._diagonal_positions()]
 
     def to_dense(self) -> torch.Tensor:
         # Upside down, W is the Hankel matrix W[m − 1 − i, j] = t̄[i + j] of t reversed: its windows of
@@ -116,7 +117,8 @@ class IndexedStructuredMatrix(StructuredMatrix):
     @torch.no_grad()
     def fit_(self, target: torch.Tensor) -> IndexedStructuredMatrix:
         self._check_target(target)
-        index = self._index().to(self.weight.device).flatten()
+        rows, cols = (torch.arange(size, device=self.weight.device) for size in (self.out_features, self.in_features))
+        index = self._diagonal_positions()[rows[:, None] - cols + self.in_features - 1].flatten()
         values = target.to(self.weight).flatten()
         sums = torch.zeros_like(self.weight).index_add_(0, index, values)
         counts = torch.zeros_like(self.weight).index_add_(0, index, torch.ones_like(values))

@@ -23,14 +23,8 @@ class Circulant(IndexedStructuredMatrix):
         self.weight = nn.Parameter(torch.empty(self.size))
         self.reset_parameters()
 
-    def _index(self) -> torch.Tensor:
-        rows = torch.arange(self.out_features)[:, None]
-        cols = torch.arange(self.in_features)[None, :]
-        return (rows - cols) % self.size
-
-    def diagonals(self) -> torch.Tensor:
-        offsets = torch.arange(1 - self.in_features, self.out_features, device=self.weight.device)
-        return self.weight[offsets % self.size]
+    def _diagonal_positions(self) -> torch.Tensor:
+        return torch.arange(1 - self.in_features, self.out_features, device=self.weight.device) % self.size
 
     @property
     def step_flops_per_row(self) -> float:

@@ -29,16 +29,11 @@ class Toeplitz(IndexedStructuredMatrix):
     def _num_diagonal_values(self) -> int:
         return self.in_features + self.out_features - 1
 
-    def _offsets(self) -> torch.Tensor:
-        """i − j for every entry, shape (m, n)."""
-        return torch.arange(self.out_features)[:, None] - torch.arange(self.in_features)[None, :]
-
-    def _index(self) -> torch.Tensor:
-        return self._offsets() + self.in_features - 1
+    def _diagonal_positions(self) -> torch.Tensor:
+        return torch.arange(self._num_diagonal_values(), device=self.weight.device)
 
     def diagonals(self) -> torch.Tensor:
-        """t: value of the diagonal i − j = d at position d + n − 1, d = −(n − 1) … m − 1."""
-        return self.weight
+        return self.weight  # t itself: no gather
 
     @property
     def step_flops_per_row(self) -> float:
@@ -55,9 +50,8 @@ class SymmetricToeplitz(Toeplitz):
     def _num_diagonal_values(self) -> int:
         return max(self.in_features, self.out_features)
 
-    def _index(self) -> torch.Tensor:
-        return self._offsets().abs()
+    def _diagonal_positions(self) -> torch.Tensor:
+        return torch.arange(1 - self.in_features, self.out_features, device=self.weight.device).abs()
 
     def diagonals(self) -> torch.Tensor:
-        offsets = torch.arange(1 - self.in_features, self.out_features, device=self.weight.device)
-        return self.weight[offsets.abs()]
+        return IndexedStructuredMatrix.diagonals(self)  # the gather: Toeplitz's weight is not t here
