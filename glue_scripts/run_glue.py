@@ -49,6 +49,7 @@ from surm_nlp.glue import (
     get_task,
     glue_metric,
     head_modules,
+    is_labelled,
     load_files,
     load_glue_dir,
     load_hub,
@@ -353,7 +354,7 @@ def first(dataset: Dataset, n: int | None) -> Dataset:
 
 def infer_columns(raw: DatasetDict) -> tuple[tuple[str, ...], bool, tuple[str, ...] | None]:
     """For user files without --task_name: text columns, regression or not, and label names (as the HF example)."""
-    labelled = [dataset for split, dataset in raw.items() if not split.startswith("test")]
+    labelled = [dataset for split, dataset in raw.items() if is_labelled(split)]
     if not labelled:
         raise ValueError("--test_file alone does not say the labels: pass --task_name, or --train_file with it")
     if "label" not in labelled[0].column_names:

@@ -13,7 +13,7 @@ from .methods import (
     parameter_counts,
 )
 from .metrics import glue_metric, local_glue_metric
-from .tasks import GLUE_TASKS, GlueTask, get_task, metric_prefix
+from .tasks import GLUE_TASKS, GlueTask, get_task, is_labelled, metric_prefix
 
 __all__ = [
     "BASELINES",
@@ -28,6 +28,7 @@ __all__ = [
     "get_task",
     "glue_metric",
     "head_modules",
+    "is_labelled",
     "load_files",
     "load_glue_dir",
     "load_hub",

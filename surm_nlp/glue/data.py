@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
-from .tasks import GlueTask
+from .tasks import GlueTask, is_labelled
 
 
 def load_glue_dir(task: GlueTask, glue_dir: str | Path, splits: Sequence[str] | None = None) -> DatasetDict:
@@ -81,7 +81,7 @@ def encode_labels(
     """
     encoded = {}
     for split, dataset in data.items():
-        if label_names is None or split.startswith("test"):
+        if label_names is None or not is_labelled(split):
             encoded[split] = dataset
         elif by_name or dataset.features["label"].dtype.endswith("string"):  # large_string from csv
             ids = label_ids(map(str, dataset["label"]), label_names, f"{source} split {split!r}")
@@ -126,7 +126,7 @@ def load_hub(task: GlueTask, cache_dir: str | None = None) -> DatasetDict:
 def check_columns(data: DatasetDict, text_keys: tuple[str, ...], regression: bool, source: str) -> None:
     """Raise a ValueError naming the fix when the data does not have the task's columns or label type."""
     for split, dataset in data.items():
-        labelled = not split.startswith("test")
+        labelled = is_labelled(split)
         required = (*text_keys, "label") if labelled else text_keys
         missing = [key for key in required if key not in dataset.column_names]
         if missing:

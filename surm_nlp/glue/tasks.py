@@ -48,9 +48,14 @@ class GlueTask:
 
     def tsv_layout(self, split: str) -> tuple[dict[str, str | int], bool]:
         """The columns to read from the split's TSV and whether it has a header (test files: text only, header)."""
-        if not split.startswith("test"):
+        if is_labelled(split):
             return self.tsv_columns, self.has_header
         return {key: self.tsv_columns[key] if self.has_header else key for key in self.text_keys}, True
+
+
+def is_labelled(split: str) -> bool:
+    """Train and validation splits have labels; GLUE's test splits (``test``, ``test_matched``...) do not."""
+    return not split.startswith("test")
 
 
 def metric_prefix(split: str) -> str:
