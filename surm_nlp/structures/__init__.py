@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import IndexedStructuredMatrix, StructuredMatrix, gradient_fit_
+from .base import IndexedStructuredMatrix, StructuredMatrix, WithParameterGrads, gradient_fit_
 from .circulant import Circulant
 from .kronecker import Kronecker
 from .ldr import LowDisplacementRank
@@ -76,6 +76,7 @@ __all__ = [
     "StructuredMatrix",
     "SymmetricToeplitz",
     "Toeplitz",
+    "WithParameterGrads",
     "gradient_fit_",
     "make_structure",
     "rank_options",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from .fft import circulant_matmul, fft_dtype, fft_flops, kernel_correlation
 
 
 def require_positive_int(name: str, value: object) -> int:
@@ -15,12 +19,19 @@ def require_positive_int(name: str, value: object) -> int:
     return value
 
 
+#: A memory-bound pass over one entry of an m × n tensor (a copy, an add) costs about this many
+#: matmul flops on CPU; fitted with bench/fold_rows.py, where folding starts to pay.
+DENSE_PASS_FLOPS = 30.0
+
+
 class StructuredMatrix(nn.Module):
     """A structured matrix W of shape (out_features, in_features) applied as y = x Wᵀ.
 
     Subclasses define ``forward`` (the fast mat-vec), ``reset_parameters``, ``to_dense``,
-    ``step_flops_per_row`` and, where a closed form exists, ``fit_``. Rectangular shapes are handled
-    by each subclass; the FFT-based ones embed W as the top-left (m, n) block of an N × N matrix.
+    ``step_flops_per_row``, where a closed form exists ``fit_``, and where the parameter half of the
+    backward is cheaper than the whole step ``parameter_grads`` (with its cost). Rectangular shapes
+    are handled by each subclass; the FFT-based ones embed W as the top-left (m, n) block of an
+    N × N matrix.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -50,10 +61,34 @@ class StructuredMatrix(nn.Module):
     def step_flops_per_row(self) -> float:
         """Work of the structured product's forward and backward per row of x, in matmul flops.
 
-        FFTs count :data:`~.fft.FFT_FLOP_WEIGHT` times their flops. A layer compares it with the
-        2mn flops per row of the dense weight gradient to choose how to train (``SurmLayer``).
+        FFTs count :data:`~.fft.FFT_FLOP_WEIGHT` times their flops. A layer folds S into its weight
+        where the part of it that folding saves (all but ``parameter_grad_flops_per_row``), over the
+        rows of x, costs more than ``dense_flops`` (``SurmLayer``).
         """
         raise NotImplementedError
+
+    @property
+    def dense_flops(self) -> float:
+        """Work of ``to_dense`` and adding it to a weight, in matmul flops: about four passes over the
+        m × n entries (:data:`DENSE_PASS_FLOPS` each)."""
+        return 4 * DENSE_PASS_FLOPS * self.in_features * self.out_features
+
+    @property
+    def parameter_grad_flops_per_row(self) -> float:
+        """Work of ``parameter_grads`` per row of x, in matmul flops (by default that of the whole step)."""
+        return self.step_flops_per_row
+
+    def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
+        """∂/∂θ of Σ grad_y·S(x) for each parameter θ in ``parameters()`` order (None if frozen), not ∂x.
+
+        What S's parameters get in a layer that folds S into its weight (:class:`WithParameterGrads`).
+        This default differentiates ``forward``; FFT structures run only the parameter half of their
+        backward.
+        """
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            grads = iter(torch.autograd.grad(self(x.detach()), trainable, grad_y, allow_unused=True))
+        return [next(grads) if p.requires_grad else None for p in self.parameters()]
 
     def fit_(self, target: torch.Tensor) -> StructuredMatrix:
         """Set the parameters to a least-squares fit of ``target`` (out_features, in_features).
@@ -92,6 +127,7 @@ class IndexedStructuredMatrix(StructuredMatrix):
     """
 
     weight: nn.Parameter
+    fft_size: int  # L, the length of the circulant kernel
 
     def reset_parameters(self, zero_init: bool = False) -> None:
         """Every entry of W is one p[k], so p ~ U(±1/√n) gives Var(W_ij) = 1/(3n); zero_init: p = 0."""
@@ -109,6 +145,31 @@ class IndexedStructuredMatrix(StructuredMatrix):
         """t of length m + n − 1 with W[i, j] = t[i − j + n − 1]."""
         return self.weight[self._diagonal_positions()]
 
+    def kernel(self) -> torch.Tensor:
+        """c of length L with W = C(c)[:m, :n], the circulant whose product is S(x) (:func:`~.fft.circulant_matmul`)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return circulant_matmul(self.kernel(), x, self.out_features)
+
+    @property
+    def step_flops_per_row(self) -> float:
+        return fft_flops(self.fft_size, 5)  # see circulant_matmul
+
+    @property
+    def parameter_grad_flops_per_row(self) -> float:
+        return fft_flops(self.fft_size, 2)  # rfft(x), rfft(∂y)
+
+    def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
+        if not self.weight.requires_grad:
+            return [None]
+        with torch.enable_grad():
+            kernel = self.kernel()
+        size, dtype = kernel.shape[-1], fft_dtype(x, grad_y)
+        x_spectrum, grad_spectrum = (torch.fft.rfft(t.to(dtype), n=size) for t in (x, grad_y))
+        grad_kernel = kernel_correlation(x_spectrum, grad_spectrum, kernel.shape).to(kernel.dtype)
+        return list(torch.autograd.grad(kernel, [self.weight], grad_kernel))
+
     def to_dense(self) -> torch.Tensor:
         # Upside down, W is the Hankel matrix W[m − 1 − i, j] = t̄[i + j] of t reversed: its windows of
         # length n, a view (a gather, and its scatter-add backward, cost several times more).
@@ -124,6 +185,35 @@ class IndexedStructuredMatrix(StructuredMatrix):
         counts = torch.zeros_like(self.weight).index_add_(0, index, torch.ones_like(values))
         self.weight.copy_(sums / counts.clamp_min(1))
         return self
+
+
+class WithParameterGrads(torch.autograd.Function):
+    """y as it is; in the backward, S's parameters get scale·S.parameter_grads(x, ∂y).
+
+    For a layer that folds S into its weight, y = x(W₀ + scale·S)ᵀ with S detached: one matmul for y
+    and one for ∂x, as in the frozen layer, and S's gradient without the dense ∂S = ∂yᵀx (mn
+    multiply-adds per row of x). Saves only x.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        matrix: StructuredMatrix,
+        scale: float,
+        *parameters: nn.Parameter,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.matrix, ctx.scale = matrix, scale
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        grads = ctx.matrix.parameter_grads(x, grad_y)
+        return grad_y, None, None, None, *(None if grad is None else grad * ctx.scale for grad in grads)
 
 
 def gradient_fit_(

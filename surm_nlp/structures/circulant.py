@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import circulant_matmul, fft_flops
 
 
 class Circulant(IndexedStructuredMatrix):
@@ -19,16 +18,12 @@ class Circulant(IndexedStructuredMatrix):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features)
-        self.size = max(in_features, out_features)
-        self.weight = nn.Parameter(torch.empty(self.size))
+        self.fft_size = max(in_features, out_features)
+        self.weight = nn.Parameter(torch.empty(self.fft_size))
         self.reset_parameters()
 
     def _diagonal_positions(self) -> torch.Tensor:
-        return torch.arange(1 - self.in_features, self.out_features, device=self.weight.device) % self.size
+        return torch.arange(1 - self.in_features, self.out_features, device=self.weight.device) % self.fft_size
 
-    @property
-    def step_flops_per_row(self) -> float:
-        return fft_flops(self.size, 5)  # see circulant_matmul
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return circulant_matmul(self.weight, x, self.out_features)
+    def kernel(self) -> torch.Tensor:
+        return self.weight

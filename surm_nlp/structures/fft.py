@@ -2,8 +2,9 @@
 
 :func:`circulant_matmul` computes (C(c) · pad(x))[:m] with C(c) the L × L circulant whose first
 column is c: each of these structures is this with its own kernel c and length L (Toeplitz and
-skew-circulant matrices embed in a circulant of length L ≥ m + n − 1, see :func:`toeplitz_kernel`).
-LDR chains two such products in one Function of the same scheme (``ldr.LdrMatmul``).
+Toeplitz matrices embed in a circulant of length L ≥ m + n − 1, see :func:`toeplitz_kernel`).
+Skew-circulant products are pointwise in the spectrum of :func:`negacyclic_fft`; LDR chains one of
+each in one Function of the same scheme (``ldr.LdrMatmul``).
 
 Its backward is written by hand: autograd's backward of ``rfft`` zero-pads the gradient to a full
 complex spectrum and runs a complex inverse FFT, twice per call (input and kernel). Here a step
@@ -16,10 +17,12 @@ FFTs exist only on GPUs and only for powers of two. Results are cast back to the
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import torch
+from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 
@@ -78,18 +81,25 @@ class CirculantMatmul(torch.autograd.Function):
         (kernel_shape, kernel_dtype, x_shape, x_dtype), size = ctx.shapes, ctx.shapes[0][-1]
         grad_spectrum = torch.fft.rfft(grad_y.to(kernel_spectrum.real.dtype), n=size)
         grad_kernel = grad_x = None
-        if ctx.needs_input_grad[0]:  # ∂c[s] = Σ_i ∂y_i x_(i−s) mod L: a correlation, summed over broadcast dims
+        if ctx.needs_input_grad[0]:
             x_spectrum = torch.fft.rfft(x.to(grad_spectrum.real.dtype), n=size)
-            if len(kernel_shape) == 1:  # one kernel for every row: a dot product per frequency
-                bins = grad_spectrum.shape[-1]
-                correlation = torch.linalg.vecdot(x_spectrum.reshape(-1, bins), grad_spectrum.reshape(-1, bins), dim=0)
-            else:
-                correlation = (grad_spectrum * x_spectrum.conj()).sum_to_size(*kernel_shape[:-1], size // 2 + 1)
-            grad_kernel = torch.fft.irfft(correlation, n=size).to(kernel_dtype)
+            grad_kernel = kernel_correlation(x_spectrum, grad_spectrum, kernel_shape).to(kernel_dtype)
         if ctx.needs_input_grad[1]:  # ∂x = C(c)ᵀ ∂y, the correlation with c
             grad_x = torch.fft.irfft(grad_spectrum * kernel_spectrum.conj(), n=size)[..., : x_shape[-1]]
             grad_x = grad_x.sum_to_size(x_shape).to(x_dtype)
         return grad_kernel, grad_x, None
+
+
+def kernel_correlation(x_spectrum: torch.Tensor, grad_spectrum: torch.Tensor, kernel_shape: torch.Size) -> torch.Tensor:
+    """∂c of Σ ∂y·(C(c)·pad(x))[:m] from the rffts of x and ∂y: ∂c[s] = Σ_i ∂y_i x_(i−s) mod L, a correlation
+    summed over the dims that c is broadcast along (every row of x for one kernel of shape (L,))."""
+    size = kernel_shape[-1]
+    if len(kernel_shape) == 1:  # one kernel for every row: a dot product per frequency
+        bins = grad_spectrum.shape[-1]
+        correlation = torch.linalg.vecdot(x_spectrum.reshape(-1, bins), grad_spectrum.reshape(-1, bins), dim=0)
+    else:
+        correlation = (grad_spectrum * x_spectrum.conj()).sum_to_size(*kernel_shape[:-1], size // 2 + 1)
+    return torch.fft.irfft(correlation, n=size)
 
 
 def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -97,6 +107,39 @@ def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -
     if x.shape[-1] > kernel.shape[-1] or out_features > kernel.shape[-1]:
         raise ValueError(f"a circulant of length {kernel.shape[-1]} cannot map {x.shape[-1]} → {out_features}")
     return CirculantMatmul.apply(kernel, x, out_features)
+
+
+@functools.lru_cache(maxsize=64)
+def _twist(count: int, size: int, step: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """e^{i·step·πj/N} for j < ``count`` (N = ``size``), complex of real ``dtype``; cached, as FFT plans are."""
+    angle = torch.arange(count, dtype=dtype, device=device) * (step * math.pi / size)
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+def negacyclic_fft(x: torch.Tensor, size: int) -> torch.Tensor:
+    """T(x)_k = Σ_j x_j e^{−iπj(2k+1)/N} of real x zero-padded to N = ``size``: the DFT at the roots of z^N = −1.
+
+    In it skew-circulant (negacyclic) products are pointwise: T(Z₋₁(h) x) = T(h)·T(x) and
+    T(Z₋₁(h)ᵀ y) = conj(T(h))·T(y). For real x, T_{N−1−k} = conj(T_k), so even N keeps the N/2 odd
+    bins k = 2p + 1: one complex FFT of length N/2 of z_j = e^{−3iπj/N}(x_j + i·x_{j+N/2}). Odd N
+    keeps all N bins, one complex FFT of length N. Either way about the work of an rfft of length N.
+    """
+    if x.shape[-1] < size:
+        x = nn.functional.pad(x, (0, size - x.shape[-1]))
+    if size % 2:
+        return torch.fft.fft(x * _twist(size, size, -1.0, x.dtype, x.device))
+    half = size // 2
+    folded = torch.complex(x[..., :half], x[..., half:]).mul_(_twist(half, size, -3.0, x.dtype, x.device))
+    return torch.fft.fft(folded)
+
+
+def negacyclic_ifft(spectrum: torch.Tensor, size: int) -> torch.Tensor:
+    """The real x of length N = ``size`` with :func:`negacyclic_fft` (x, N) = ``spectrum``."""
+    dtype, device = spectrum.real.dtype, spectrum.device
+    if size % 2:
+        return (torch.fft.ifft(spectrum) * _twist(size, size, 1.0, dtype, device)).real
+    folded = torch.fft.ifft(spectrum).mul_(_twist(size // 2, size, 3.0, dtype, device))  # x_j + i·x_{j+N/2}
+    return torch.cat([folded.real, folded.imag], dim=-1)
 
 
 def toeplitz_kernel(diagonals: torch.Tensor, in_features: int, size: int) -> torch.Tensor:

@@ -33,11 +33,15 @@ class KroneckerMatmul(torch.autograd.Function):
     T = X Bᵀ for all rows is one matmul on x as stored ((R·n₁, n₂) @ Bᵀ); A T is a batched matmul
     with A broadcast, so no step copies or transposes x (``torch.matmul(A, X)`` would). Autograd
     would also keep T, as large as x; the backward recomputes it (one matmul, R·n₁n₂m₂ multiply-adds).
+    Under autocast the backward runs in the forward's autocast state (as ``torch.amp.custom_bwd``
+    does), so its matmuls see the same dtypes.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b, x)
+        device = x.device.type
+        ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         t = (x.reshape(-1, b.shape[1]) @ b.T).reshape(x.shape[0], a.shape[1], b.shape[0])  # X Bᵀ, (R, n₁, m₂)
         return torch.bmm(a.expand(x.shape[0], *a.shape), t).reshape(x.shape[0], -1)
 
@@ -49,13 +53,15 @@ class KroneckerMatmul(torch.autograd.Function):
         rows, needs_a, needs_b, needs_x = x.shape[0], *ctx.needs_input_grad
         grad_y = grad_y.reshape(rows, m1, m2)
         grad_a = grad_b = grad_x = None
-        if needs_a:  # ∂A = Σ_rows ∂Y Tᵀ, with T recomputed
-            t = (x.reshape(-1, n2) @ b.T).reshape(rows, n1, m2)
-            grad_a = torch.bmm(grad_y, t.transpose(1, 2)).sum(0)
-        if needs_b or needs_x:
-            grad_t = torch.bmm(a.T.expand(rows, n1, m1), grad_y).reshape(-1, m2)  # ∂T = Aᵀ ∂Y
-            grad_b = grad_t.T @ x.reshape(-1, n2) if needs_b else None
-            grad_x = (grad_t @ b).reshape(x.shape) if needs_x else None
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            if needs_a:  # ∂A = Σ_rows ∂Y Tᵀ, with T recomputed
+                t = (x.reshape(-1, n2) @ b.T).reshape(rows, n1, m2)
+                grad_a = torch.bmm(grad_y, t.transpose(1, 2)).sum(0)
+            if needs_b or needs_x:
+                grad_t = torch.bmm(a.T.expand(rows, n1, m1), grad_y).reshape(-1, m2)  # ∂T = Aᵀ ∂Y
+                grad_b = grad_t.T @ x.reshape(-1, n2) if needs_b else None
+                grad_x = (grad_t @ b).reshape(x.shape) if needs_x else None
         return grad_a, grad_b, grad_x
 
 

@@ -7,23 +7,24 @@ Z₁ − Z₋₁ = 2 e₀ e_{N−1}ᵀ, the displacement Z₁W − WZ₋₁ = Σ
 (r = 1, 2) to dense (Sindhwani et al., 2015).
 
 Parameters: 2·r·N with N = max(m, n); rectangular shapes use the top-left (m, n) block.
-Dense form in O(r·N²) from that displacement (``to_dense``). Mat-vec by real FFTs: Z₋₁(h) is the
-Toeplitz matrix with diagonals (−h₁ … −h_{N−1}, h₀ … h_{N−1}), a circulant of length L ≥ 2N − 1;
-then Z₁(g) is a circulant of length N. O(r·N log N) per row of x.
+Dense form in O(r·N²) from that displacement (``to_dense``). Mat-vec by FFTs of length N: Z₋₁(h)
+is diagonal in the negacyclic spectrum (``fft.negacyclic_fft``, the DFT at the roots of z^N = −1),
+Z₁(g) in the ordinary one. O(r·N log N) per row of x.
 One autograd Function runs the whole sum and saves only x: the r intermediate products Z₋₁(hᵢ)x
 (r times the size of x, in float32) are recomputed in the backward rather than kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .base import StructuredMatrix, require_positive_int
-from .fft import circulant_matmul, fast_fft_size, fft_dtype, fft_flops, toeplitz_kernel
+from .base import DENSE_PASS_FLOPS, StructuredMatrix, require_positive_int
+from .fft import circulant_matmul, fft_dtype, fft_flops, negacyclic_fft, negacyclic_ifft
 
 
 def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -32,51 +33,65 @@ def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), dim=0)
 
 
-class LdrMatmul(torch.autograd.Function):
-    """y = Σᵢ C_N(gᵢ) · (C_L(kᵢ) · pad(x))[:N], cut to m: W(G, H) x with kᵢ the skew-circulant kernel of hᵢ.
+def _spectra(g: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operators C_N(gᵢ) and Z₋₁(hᵢ) as spectra: rfft(g) and the negacyclic spectrum of h."""
+    return torch.fft.rfft(g.to(dtype)), negacyclic_fft(h.to(dtype), g.shape[-1])
 
-    g (r, N), kernels (r, L), x (..., n ≤ N). Forward: rfft(x), r irffts of length L, r rffts and one
-    irfft of length N. The backward recomputes uᵢ = Z₋₁(hᵢ)x from x (needed only for ∂g).
+
+def _ldr_grads(
+    spectra: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor | None,
+    grad_y: torch.Tensor,
+    needs: Sequence[bool],
+    dtypes: Sequence[torch.dtype],
+    shape: tuple[int, int],
+) -> list[torch.Tensor | None]:
+    """∂g, ∂h, ∂x of Σ ∂y·W(G, H)x where ``needs`` says so (else None), cast to ``dtypes``; shape (N, n).
+
+    Recomputes uᵢ = Z₋₁(hᵢ)x from x (needed only for ∂g); ∂uᵢ = C_N(gᵢ)ᵀ ∂y feeds ∂h and ∂x.
+    """
+    (g_spectrum, h_spectrum), (needs_g, needs_h, needs_x), (size, in_features) = spectra, needs, shape
+    dtype = g_spectrum.real.dtype
+    grads: list[torch.Tensor | None] = [None, None, None]
+    grad_spectrum = torch.fft.rfft(grad_y.to(dtype), n=size).unsqueeze(-2)
+    if needs_g or needs_h:
+        x_spectrum = negacyclic_fft(x.to(dtype), size).unsqueeze(-2)
+    if needs_g:  # ∂gᵢ = correlation of ∂y with uᵢ
+        u = negacyclic_ifft(h_spectrum * x_spectrum, size)
+        grads[0] = torch.fft.irfft(_sum_over_rows(torch.fft.rfft(u), grad_spectrum), n=size)
+    if needs_h or needs_x:
+        grad_u = torch.fft.irfft(grad_spectrum * g_spectrum.conj(), n=size)  # ∂uᵢ = C_N(gᵢ)ᵀ ∂y
+        grad_u_spectrum = negacyclic_fft(grad_u, size)
+        if needs_h:  # ∂hᵢ = negacyclic correlation of ∂uᵢ with x
+            grads[1] = negacyclic_ifft(_sum_over_rows(x_spectrum, grad_u_spectrum), size)
+        if needs_x:  # ∂x = Σᵢ Z₋₁(hᵢ)ᵀ ∂uᵢ
+            grads[2] = negacyclic_ifft((grad_u_spectrum * h_spectrum.conj()).sum(-2), size)[..., :in_features]
+    return [None if grad is None else grad.to(cast) for grad, cast in zip(grads, dtypes, strict=True)]
+
+
+class LdrMatmul(torch.autograd.Function):
+    """y = Σᵢ C_N(gᵢ) · Z₋₁(hᵢ) · pad(x), cut to m: W(G, H) x. g, h (r, N), x (..., n ≤ N).
+
+    Z₋₁(hᵢ) x is pointwise in the negacyclic spectrum, C_N(gᵢ) u in the rfft one. Forward: T(x), r
+    inverse T of the uᵢ, r rffts and one irfft, all of length N. Saves only x and the spectra of g, h.
     """
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx, g: torch.Tensor, kernels: torch.Tensor, x: torch.Tensor, out_features: int
-    ) -> torch.Tensor:
-        size, fft_size = g.shape[-1], kernels.shape[-1]
-        dtype = fft_dtype(g, kernels, x)
-        g_spectrum, kernel_spectrum = torch.fft.rfft(g.to(dtype)), torch.fft.rfft(kernels.to(dtype))
-        x_spectrum = torch.fft.rfft(x.to(dtype), n=fft_size).unsqueeze(-2)
-        u = torch.fft.irfft(kernel_spectrum * x_spectrum, n=fft_size)[..., :size]  # (..., r, N)
+    def forward(ctx: FunctionCtx, g: torch.Tensor, h: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        size = g.shape[-1]
+        g_spectrum, h_spectrum = _spectra(g, h, fft_dtype(g, h, x))
+        u = negacyclic_ifft(h_spectrum * negacyclic_fft(x.to(g_spectrum.real.dtype), size).unsqueeze(-2), size)
         y = torch.fft.irfft((g_spectrum * torch.fft.rfft(u)).sum(-2), n=size)[..., :out_features]
-        ctx.save_for_backward(g_spectrum, kernel_spectrum, x if g.requires_grad or kernels.requires_grad else None)
-        ctx.shapes = g.dtype, kernels.dtype, x.dtype, x.shape[-1], size, fft_size
+        ctx.save_for_backward(g_spectrum, h_spectrum, x if g.requires_grad or h.requires_grad else None)
+        ctx.dtypes, ctx.shape = (g.dtype, h.dtype, x.dtype), (size, x.shape[-1])
         return y.to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        g_spectrum, kernel_spectrum, x = ctx.saved_tensors
-        g_dtype, kernel_dtype, x_dtype, in_features, size, fft_size = ctx.shapes
-        needs_g, needs_kernels, needs_x, _ = ctx.needs_input_grad
-        dtype = g_spectrum.real.dtype
-        grad_g = grad_kernels = grad_x = None
-        grad_spectrum = torch.fft.rfft(grad_y.to(dtype), n=size).unsqueeze(-2)
-        if needs_g or needs_kernels:
-            x_spectrum = torch.fft.rfft(x.to(dtype), n=fft_size).unsqueeze(-2)
-        if needs_g:  # ∂gᵢ = correlation of ∂y with uᵢ
-            u = torch.fft.irfft(kernel_spectrum * x_spectrum, n=fft_size)[..., :size]
-            grad_g = torch.fft.irfft(_sum_over_rows(torch.fft.rfft(u), grad_spectrum), n=size).to(g_dtype)
-        if not (needs_kernels or needs_x):
-            return grad_g, None, None, None
-        grad_u = torch.fft.irfft(grad_spectrum * g_spectrum.conj(), n=size)  # ∂uᵢ = C_N(gᵢ)ᵀ ∂y
-        grad_u_spectrum = torch.fft.rfft(grad_u, n=fft_size)
-        if needs_kernels:  # ∂kᵢ = correlation of ∂uᵢ with x
-            grad_kernels = torch.fft.irfft(_sum_over_rows(x_spectrum, grad_u_spectrum), n=fft_size).to(kernel_dtype)
-        if needs_x:  # ∂x = Σᵢ C_L(kᵢ)ᵀ ∂uᵢ
-            grad_x = torch.fft.irfft((grad_u_spectrum * kernel_spectrum.conj()).sum(-2), n=fft_size)
-            grad_x = grad_x[..., :in_features].to(x_dtype)
-        return grad_g, grad_kernels, grad_x, None
+        g_spectrum, h_spectrum, x = ctx.saved_tensors
+        grads = _ldr_grads((g_spectrum, h_spectrum), x, grad_y, ctx.needs_input_grad[:3], ctx.dtypes, ctx.shape)
+        return *grads, None
 
 
 def _diagonal_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +144,6 @@ class LowDisplacementRank(StructuredMatrix):
         super().__init__(in_features, out_features)
         self.rank = require_positive_int("rank", rank)
         self.size = max(in_features, out_features)
-        self.fft_size = fast_fft_size(2 * self.size - 1)
         self.weight_g = nn.Parameter(torch.empty(rank, self.size))
         self.weight_h = nn.Parameter(torch.empty(rank, self.size))
         self.reset_parameters()
@@ -151,16 +165,27 @@ class LowDisplacementRank(StructuredMatrix):
 
     @property
     def step_flops_per_row(self) -> float:
-        # LdrMatmul: 3 + 3r transforms of length L (rfft(x) twice, irffts of uᵢ twice, rffts of ∂uᵢ,
-        # irfft for ∂x) and 2 + 3r of length N (rffts of uᵢ twice, irffts for y and ∂uᵢ, rfft(∂y)).
-        r = self.rank
-        return fft_flops(self.fft_size, 3 + 3 * r) + fft_flops(self.size, 2 + 3 * r)
+        # LdrMatmul, transforms of length N: T(x) twice, inverse T of uᵢ twice, rfft(uᵢ) twice, irfft
+        # for y, rfft(∂y), irfft for ∂uᵢ, T(∂uᵢ) and inverse T for ∂x: 5 + 6r.
+        return fft_flops(self.size, 5 + 6 * self.rank)
+
+    @property
+    def dense_flops(self) -> float:
+        # LdrDense: the r·N² product G·Hᵀ, then about ten passes (stack, scan, select, cut, add).
+        return 2 * self.rank * self.size**2 + 10 * DENSE_PASS_FLOPS * self.size**2
+
+    @property
+    def parameter_grad_flops_per_row(self) -> float:
+        return fft_flops(self.size, 2 + 4 * self.rank)  # rfft(∂y), T(x), uᵢ, rfft(uᵢ), ∂uᵢ, T(∂uᵢ)
+
+    def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
+        g, h = self.weight_g, self.weight_h
+        spectra = _spectra(g.detach(), h.detach(), fft_dtype(g, h, x))
+        needs = g.requires_grad, h.requires_grad, False
+        return _ldr_grads(spectra, x, grad_y, needs, (g.dtype, h.dtype, x.dtype), (self.size, x.shape[-1]))[:2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.weight_h
-        skew_diagonals = torch.cat([-h[:, 1:], h], dim=-1)  # Z₋₁(h)[i, j] = h[i − j], or −h[N + i − j] above
-        kernels = toeplitz_kernel(skew_diagonals, self.size, self.fft_size)
-        return LdrMatmul.apply(self.weight_g, kernels, x, self.out_features)
+        return LdrMatmul.apply(self.weight_g, self.weight_h, x, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import circulant_matmul, fast_fft_size, fft_flops, toeplitz_kernel
+from .fft import fast_fft_size, toeplitz_kernel
 
 
 class Toeplitz(IndexedStructuredMatrix):
@@ -35,13 +35,8 @@ class Toeplitz(IndexedStructuredMatrix):
     def diagonals(self) -> torch.Tensor:
         return self.weight  # t itself: no gather
 
-    @property
-    def step_flops_per_row(self) -> float:
-        return fft_flops(self.fft_size, 5)  # see circulant_matmul
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = toeplitz_kernel(self.diagonals(), self.in_features, self.fft_size)
-        return circulant_matmul(kernel, x, self.out_features)
+    def kernel(self) -> torch.Tensor:
+        return toeplitz_kernel(self.diagonals(), self.in_features, self.fft_size)
 
 
 class SymmetricToeplitz(Toeplitz):
