@@ -150,30 +150,36 @@ def parse_args(
         model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         method = method_args.method()
         task = get_task(data_args.task_name) if data_args.task_name is not None else None
-        if data_args.task_name is None and not user_files(data_args):
+        if data_args.glue_dir and data_args.task_name is None:
+            raise ValueError("--glue_dir needs --task_name to know which task folder to read")
+        if data_args.task_name is None and not data_files(data_args):
             raise ValueError("pass --task_name (GLUE, from the Hub or --glue_dir) or --train_file/--validation_file")
         if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
             raise ValueError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
-        if data_args.glue_dir and data_args.task_name is None:
-            raise ValueError("--glue_dir needs --task_name to know which task folder to read")
     except ValueError as error:
         parser.error(str(error))
     return parser, model_args, data_args, training_args, method, task
 
 
-def user_files(data_args: DataTrainingArguments) -> dict[str, str]:
-    """``--train_file``/``--validation_file``/``--test_file`` by split."""
+def data_files(data_args: DataTrainingArguments) -> dict[str, str]:
+    """``--train_file``/``--validation_file``/``--test_file`` by split; none where ``--glue_dir`` is the source."""
+    if data_args.glue_dir:
+        return {}
     files = ("train", data_args.train_file), ("validation", data_args.validation_file), ("test", data_args.test_file)
     return {split: path for split, path in files if path}
 
 
 def load_raw_data(
-    task: GlueTask | None, data_args: DataTrainingArguments, splits: list[str], cache_dir: str | None
+    task: GlueTask | None,
+    data_args: DataTrainingArguments,
+    files: dict[str, str],
+    splits: list[str],
+    cache_dir: str | None,
 ) -> DatasetDict:
-    """The ``splits`` from ``--glue_dir``, the user's files or the Hub."""
+    """The ``splits`` from ``--glue_dir``, else the user's ``files`` (:func:`data_files`), else the Hub."""
     if data_args.glue_dir:
         return load_glue_dir(task, data_args.glue_dir, splits)
-    if files := user_files(data_args):
+    if files:
         return load_files(files, cache_dir)
     raw = load_hub(task, cache_dir)
     return DatasetDict({split: raw[split] for split in splits})
@@ -199,17 +205,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start over)", last_checkpoint)
     set_seed(training_args.seed)
 
-    from_files = task is None or (bool(user_files(data_args)) and not data_args.glue_dir)
-    eval_splits = ("validation",) if from_files else task.eval_splits
-    test_splits = ("test",) if from_files else task.test_splits
+    files = data_files(data_args)  # with no --task_name there are files (parse_args)
+    eval_splits = ("validation",) if files else task.eval_splits
+    test_splits = ("test",) if files else task.test_splits
     splits = [
         *(["train"] if training_args.do_train else []),
         *(eval_splits if training_args.do_eval else ()),
         *(test_splits if training_args.do_predict else ()),
     ]
-    source = data_args.glue_dir or ", ".join(user_files(data_args).values()) or "the Hub dataset"
+    source = data_args.glue_dir or ", ".join(files.values()) or "the Hub dataset"
     try:
-        raw = load_raw_data(task, data_args, splits, model_args.cache_dir)
+        raw = load_raw_data(task, data_args, files, splits, model_args.cache_dir)
         if missing := [split for split in splits if split not in raw]:
             raise ValueError(f"no {' or '.join(missing)} data for the --do_ flags: pass --{missing[0]}_file")
         if task is not None:

@@ -147,6 +147,26 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+def test_folded_training_output_takes_in_place_ops_and_parameters_must_not_change_before_backward():
+    """What follows a folded layer may modify its output in place (ReLU(inplace=True)); parameters changed
+    in place between forward and backward are an error, not a silently wrong gradient."""
+    model, layer = two_adapter_layer("ldr")
+    model.train()
+    x = torch.randn(3, 8, 32, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 8, 48, dtype=torch.float64)
+    assert layer._folds_into_weight(x)
+    trained = [x, *layer.surm_matrix.parameters()]
+    got = torch.autograd.grad((torch.relu_(layer(x)) * upstream).sum(), trained)
+    want = torch.autograd.grad((torch.relu(structured_forward(layer, x)) * upstream).sum(), trained)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    output = layer(x)
+    with torch.no_grad():
+        layer.surm_matrix["default"].weight_h.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (output * upstream).sum().backward()
+
+
 def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
     """At RoBERTa-base width (768 × 768) the FFT structures train folded from 59 (Toeplitz), 129
     (circulant), 194 (LDR r=1) rows on; Kronecker and low rank, whose products are matmuls, never."""

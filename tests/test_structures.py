@@ -236,6 +236,15 @@ def test_autocast_bfloat16_trains_close_to_float32(name):
 
 
 @pytest.mark.parametrize("name", STRUCTURES)
+def test_meta_device_forward_and_backward_give_shapes(name):
+    """On the meta device (shape inference, FLOP counting) every structure runs forward and backward."""
+    s = make_structure(name, 16, 24, **OPTIONS.get(name, {})).to("meta")
+    x = torch.empty(3, 16, device="meta", requires_grad=True)
+    s(x).sum().backward()
+    assert x.grad.shape == (3, 16) and all(p.grad.shape == p.shape for p in s.parameters())
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
 def test_fit_is_least_squares(name):
     torch.manual_seed(3)
     target = torch.randn(12, 8, dtype=torch.float64)

@@ -164,8 +164,8 @@ class Linear(nn.Module, SurmLayer):
         weight = base.weight
         for adapter in adapters:
             with torch.no_grad():
-                dense = self.surm_matrix[adapter].to_dense().to(weight.dtype)
-            weight = torch.add(weight, dense, alpha=self.scaling[adapter])
+                delta = self.get_delta_weight(adapter).to(weight.dtype)
+            weight = weight + delta
         result = nn.functional.linear(x, weight, base.bias)
         for adapter in adapters:
             matrix = self.surm_matrix[adapter]

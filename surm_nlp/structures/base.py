@@ -165,7 +165,7 @@ class IndexedStructuredMatrix(StructuredMatrix):
             return [None]
         with torch.enable_grad():
             kernel = self.kernel()
-        size, dtype = kernel.shape[-1], fft_dtype(x, grad_y)
+        size, dtype = kernel.shape[-1], fft_dtype(kernel, x, grad_y)
         x_spectrum, grad_spectrum = (torch.fft.rfft(t.to(dtype), n=size) for t in (x, grad_y))
         grad_kernel = kernel_correlation(x_spectrum, grad_spectrum, kernel.shape).to(kernel.dtype)
         return list(torch.autograd.grad(kernel, [self.weight], grad_kernel))
@@ -192,7 +192,9 @@ class WithParameterGrads(torch.autograd.Function):
 
     For a layer that folds S into its weight, y = x(W₀ + scale·S)ᵀ with S detached: one matmul for y
     and one for ∂x, as in the frozen layer, and S's gradient without the dense ∂S = ∂yᵀx (mn
-    multiply-adds per row of x). Saves only x.
+    multiply-adds per row of x). Saves x and the parameters (so changing them in place before the
+    backward is an error, not a wrong gradient); y counts as modified in place, so later in-place
+    ops on it stay allowed.
     """
 
     @staticmethod
@@ -204,14 +206,15 @@ class WithParameterGrads(torch.autograd.Function):
         scale: float,
         *parameters: nn.Parameter,
     ) -> torch.Tensor:
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, *parameters)
         ctx.matrix, ctx.scale = matrix, scale
+        ctx.mark_dirty(y)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (x,) = ctx.saved_tensors
+        x, *_ = ctx.saved_tensors  # the parameters: checked unchanged since the forward
         grads = ctx.matrix.parameter_grads(x, grad_y)
         return grad_y, None, None, None, *(None if grad is None else grad * ctx.scale for grad in grads)
 

@@ -1,8 +1,9 @@
-"""The FFT kernel of the circulant and Toeplitz structures: a circulant mat-vec.
+"""The FFT kernels: the circulant mat-vec of the circulant and Toeplitz structures, and the
+negacyclic transform of LDR's skew-circulant factor.
 
 :func:`circulant_matmul` computes (C(c) · pad(x))[:m] with C(c) the L × L circulant whose first
-column is c: each of these structures is this with its own kernel c and length L (Toeplitz and
-Toeplitz matrices embed in a circulant of length L ≥ m + n − 1, see :func:`toeplitz_kernel`).
+column is c: each of these structures is this with its own kernel c and length L (Toeplitz
+matrices embed in a circulant of length L ≥ m + n − 1, see :func:`toeplitz_kernel`).
 Skew-circulant products are pointwise in the spectrum of :func:`negacyclic_fft`; LDR chains one of
 each in one Function of the same scheme (``ldr.LdrMatmul``).
 
@@ -112,8 +113,9 @@ def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -
 @functools.lru_cache(maxsize=64)
 def _twist(count: int, size: int, step: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """e^{i·step·πj/N} for j < ``count`` (N = ``size``), complex of real ``dtype``; cached, as FFT plans are."""
-    angle = torch.arange(count, dtype=dtype, device=device) * (step * math.pi / size)
-    return torch.polar(torch.ones_like(angle), angle)
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        angle = torch.arange(count, dtype=dtype, device=device) * (step * math.pi / size)
+        return torch.polar(torch.ones_like(angle), angle)
 
 
 def negacyclic_fft(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ gets f = 1, so that side of W is dense.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -41,7 +42,8 @@ class KroneckerMatmul(torch.autograd.Function):
     def forward(ctx: FunctionCtx, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b, x)
         device = x.device.type
-        ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        enabled = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        ctx.autocast = device, enabled, torch.get_autocast_dtype(device) if enabled else None
         t = (x.reshape(-1, b.shape[1]) @ b.T).reshape(x.shape[0], a.shape[1], b.shape[0])  # X Bᵀ, (R, n₁, m₂)
         return torch.bmm(a.expand(x.shape[0], *a.shape), t).reshape(x.shape[0], -1)
 
@@ -54,7 +56,7 @@ class KroneckerMatmul(torch.autograd.Function):
         grad_y = grad_y.reshape(rows, m1, m2)
         grad_a = grad_b = grad_x = None
         device, enabled, dtype = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
+        with torch.autocast(device, dtype=dtype, enabled=True) if enabled else contextlib.nullcontext():
             if needs_a:  # ∂A = Σ_rows ∂Y Tᵀ, with T recomputed
                 t = (x.reshape(-1, n2) @ b.T).reshape(rows, n1, m2)
                 grad_a = torch.bmm(grad_y, t.transpose(1, 2)).sum(0)

@@ -94,44 +94,47 @@ class LdrMatmul(torch.autograd.Function):
         return *grads, None
 
 
-def _diagonal_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t]: prefix sums along the wrapped diagonals of a square x.
+def _diagonal_cumsum_(stacked: torch.Tensor) -> torch.Tensor:
+    """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
+    square x in ``stacked[0]`` of a (2, N, N) buffer; P is returned in ``stacked[1]``.
 
-    x is stacked on itself, so the diagonal from (d, 0) is the strided row (d + t)·N + t, t < N, of
-    that buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
+    With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·N + t, t < N, of
+    the buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
     (a > b) and in the second on and above it.
     """
-    size = x.shape[0]
-    stacked = x.new_empty(2, size, size)
-    stacked.copy_(x.expand(2, size, size))
+    size = stacked.shape[-1]
+    stacked[1].copy_(stacked[0])
     stacked.as_strided((size, size), (size, size + 1), size).cumsum_(1)
-    below = torch.ones(size, size, dtype=torch.bool, device=x.device).tril_(-1)
-    return torch.where(below, stacked[0], stacked[1])
+    below = torch.ones(size, size, dtype=torch.bool, device=stacked.device).tril_(-1)
+    return torch.where(below, stacked[0], stacked[1], out=stacked[1])
 
 
 class LdrDense(torch.autograd.Function):
     """W(G, H) as a dense N × N matrix in O(r·N²) from its displacement Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
 
     Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j], so W is the prefix sum
-    along wrapped diagonals of F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[1])], with the first column
-    c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given (its gradient flows on through ``circulant_matmul``). The backward
-    needs the suffix sums along the diagonals of ∂W: the prefix sums of ∂W rotated by 180°, rotated
-    back. Saves only g and h.
+    along wrapped diagonals of F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[1])] = [c | Gᵀ]·[e₀ | −2 H̄], with the
+    first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given (its gradient flows on through ``circulant_matmul``).
+    The backward needs the suffix sums along the diagonals of ∂W: the prefix sums of ∂W rotated by
+    180°, rotated back. Saves only g and h.
     """
 
     @staticmethod
     def forward(ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(g, h)
-        steps = g.new_empty(g.shape[-1], g.shape[-1])
-        steps[:, 0] = first_column
-        torch.mm(g.T, -2 * h[:, 1:].flip(-1), out=steps[:, 1:])
-        return _diagonal_cumsum(steps)
+        rank, size = g.shape
+        stacked, right = g.new_empty(2, size, size), g.new_zeros(rank + 1, size)
+        right[0, 0], right[1:, 1:] = 1, -2 * h[:, 1:].flip(-1)
+        torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
+        return _diagonal_cumsum_(stacked)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, h = ctx.saved_tensors
-        rotated = _diagonal_cumsum(grad_dense.flip(0, 1))  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
+        stacked = grad_dense.new_empty(2, *grad_dense.shape)
+        stacked[0] = grad_dense.flip(0, 1)
+        rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
         grad_g = -2 * (rotated[:, :-1] @ h[:, 1:].T).flip(0).T
         grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (1, 0))  # h[0] enters only c
         return rotated[:, -1].flip(0), grad_g, grad_h
