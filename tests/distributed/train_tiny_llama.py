@@ -120,6 +120,8 @@ def main() -> None:
             },
             Path(cli.output_dir) / "gathered.pt",
         )
+    if torch.distributed.is_initialized():  # a clean exit: left to interpreter teardown, rank 0 once aborted
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
