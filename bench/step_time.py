@@ -4,7 +4,9 @@ Every variant is its own copy of the same randomly initialised model (RoBERTa-ba
 its config, no download), adapted on the same targets (query, value). The variants run interleaved
 round-robin within one process, so drift in the machine's speed hits all of them alike; the table
 shows the median step time, the ratio to PEFT LoRA r=8 (training) or to the base model
-(inference), trainable parameters (training) or all parameters (inference) and peak memory.
+(inference) — of the medians, and paired: the median over rounds of this variant's step over the
+reference's step in the same round, with a 95 % confidence interval — trainable parameters
+(training) or all parameters (inference) and peak memory.
 
     python bench/step_time.py --output bench/step_time.json                   # training steps
     python bench/step_time.py --mode inference --output bench/inference.json  # merged / un-merged
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import resource
 import statistics
@@ -153,9 +156,39 @@ def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict
             if args.device.startswith("cuda"):
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
     return {
-        name: {"median_s": statistics.median(t), "params": runners[name].num_params, "peak_bytes": peak.get(name)}
+        name: {
+            "median_s": statistics.median(t),
+            "params": runners[name].num_params,
+            "peak_bytes": peak.get(name),
+            "times_s": t,
+        }
         for name, t in times.items()
     }
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval for the median: the order statistics X₍ₖ₎, X₍ₙ₊₁₋ₖ₎ with
+    P(Binomial(n, ½) < k) ≤ (1 − confidence)/2, k as large as that allows; None below 6 values at 95 %."""
+    ordered, n = sorted(values), len(values)
+    k, tail = 0, 0.0
+    while tail + math.comb(n, k) / 2**n <= (1 - confidence) / 2:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k else None
+
+
+def add_ratios(rows: dict[str, dict], reference: str) -> None:
+    """Each row's ratio to ``reference``: of the medians, and paired, the median over rounds of
+    (this step / the reference's step in the same round) with its 95 % interval. Rounds are
+    interleaved, so the paired ratio cancels the machine's drift that widens the medians' ratio."""
+    if reference not in rows:
+        return
+    for row in rows.values():
+        row["vs_reference"] = row["median_s"] / rows[reference]["median_s"]
+        paired = [t / ref for t, ref in zip(row["times_s"], rows[reference]["times_s"], strict=True)]
+        row["paired_ratio"], row["paired_ratio_ci95"] = statistics.median(paired), median_interval(paired)
+        if row["peak_bytes"] and rows[reference]["peak_bytes"]:
+            row["memory_vs_reference"] = row["peak_bytes"] / rows[reference]["peak_bytes"]
 
 
 def cpu_peak_memory(args: argparse.Namespace, variant: str) -> int:
@@ -220,10 +253,7 @@ def main() -> None:
         for name in rows:
             rows[name]["peak_bytes"] = cpu_peak_memory(args, name)
     reference = "lora r=8" if args.mode == "train" else "base"
-    for row in rows.values():
-        row["vs_reference"] = row["median_s"] / rows[reference]["median_s"] if reference in rows else None
-        if row["peak_bytes"] and reference in rows and rows[reference]["peak_bytes"]:
-            row["memory_vs_reference"] = row["peak_bytes"] / rows[reference]["peak_bytes"]
+    add_ratios(rows, reference)
 
     on_cuda = args.device.startswith("cuda")
     device = torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine()
@@ -234,12 +264,16 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps(meta))
     params = "trainable" if args.mode == "train" else "params"
-    print(f"{'variant':<30} {'median s':>9} {'/' + reference:>10} {params:>11} {'peak MiB':>9} {'mem ratio':>9}")
+    header = f"{'variant':<30} {'median s':>9} {'/' + reference:>10} {'paired [95 % CI]':>22}"
+    print(f"{header} {params:>11} {'peak MiB':>9} {'mem ratio':>9}")
     for name, r in rows.items():
-        ratio = f"{r['vs_reference']:.3f}" if r["vs_reference"] else "-"
+        ratio = f"{r['vs_reference']:.3f}" if r.get("vs_reference") else "-"
+        paired = f"{r['paired_ratio']:.3f}" if r.get("paired_ratio") else "-"
+        if r.get("paired_ratio_ci95"):
+            paired += " [{:.3f}, {:.3f}]".format(*r["paired_ratio_ci95"])
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
         mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
-        print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
+        print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {paired:>22} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
     if args.output:
         args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .fft import circulant_matmul, fft_dtype, fft_flops, kernel_correlation
+from .fft import circulant_matmul, fft_dtype, fft_flops, kernel_correlation_
 
 
 def require_positive_int(name: str, value: object) -> int:
@@ -167,7 +167,7 @@ class IndexedStructuredMatrix(StructuredMatrix):
             kernel = self.kernel()
         size, dtype = kernel.shape[-1], fft_dtype(kernel, x, grad_y)
         x_spectrum, grad_spectrum = (torch.fft.rfft(t.to(dtype), n=size) for t in (x, grad_y))
-        grad_kernel = kernel_correlation(x_spectrum, grad_spectrum, kernel.shape).to(kernel.dtype)
+        grad_kernel = kernel_correlation_(grad_spectrum, x_spectrum, kernel.shape).to(kernel.dtype)
         return list(torch.autograd.grad(kernel, [self.weight], grad_kernel))
 
     def to_dense(self) -> torch.Tensor:

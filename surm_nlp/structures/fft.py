@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -82,24 +83,31 @@ class CirculantMatmul(torch.autograd.Function):
         (kernel_shape, kernel_dtype, x_shape, x_dtype), size = ctx.shapes, ctx.shapes[0][-1]
         grad_spectrum = torch.fft.rfft(grad_y.to(kernel_spectrum.real.dtype), n=size)
         grad_kernel = grad_x = None
-        if ctx.needs_input_grad[0]:
-            x_spectrum = torch.fft.rfft(x.to(grad_spectrum.real.dtype), n=size)
-            grad_kernel = kernel_correlation(x_spectrum, grad_spectrum, kernel_shape).to(kernel_dtype)
         if ctx.needs_input_grad[1]:  # ∂x = C(c)ᵀ ∂y, the correlation with c
             grad_x = torch.fft.irfft(grad_spectrum * kernel_spectrum.conj(), n=size)[..., : x_shape[-1]]
             grad_x = grad_x.sum_to_size(x_shape).to(x_dtype)
+        if ctx.needs_input_grad[0]:  # last: it overwrites grad_spectrum
+            x_spectrum = torch.fft.rfft(x.to(grad_spectrum.real.dtype), n=size)
+            grad_kernel = kernel_correlation_(grad_spectrum, x_spectrum, kernel_shape).to(kernel_dtype)
         return grad_kernel, grad_x, None
 
 
-def kernel_correlation(x_spectrum: torch.Tensor, grad_spectrum: torch.Tensor, kernel_shape: torch.Size) -> torch.Tensor:
-    """∂c of Σ ∂y·(C(c)·pad(x))[:m] from the rffts of x and ∂y: ∂c[s] = Σ_i ∂y_i x_(i−s) mod L, a correlation
-    summed over the dims that c is broadcast along (every row of x for one kernel of shape (L,))."""
+def correlation_spectrum_(spectrum: torch.Tensor, other: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Σ spectrum·conj(other), summed over the broadcast dims down to ``shape``: the spectrum of the
+    correlation of the two signals, summed over rows. Overwrites ``spectrum`` (which must have the
+    broadcast shape): the product in place needs no temporary as large as the batch, and ``other``
+    is conjugated on the fly (``linalg.vecdot`` copies a conjugate and allocates the product)."""
+    return spectrum.mul_(other.conj()).sum_to_size(shape)
+
+
+def kernel_correlation_(
+    grad_spectrum: torch.Tensor, x_spectrum: torch.Tensor, kernel_shape: Sequence[int]
+) -> torch.Tensor:
+    """∂c of Σ ∂y·(C(c)·pad(x))[:m] from the rffts of ∂y and x: ∂c[s] = Σ_i ∂y_i x_(i−s) mod L, a correlation
+    summed over the dims that c is broadcast along (every row of x for one kernel of shape (L,)).
+    Overwrites ``grad_spectrum``."""
     size = kernel_shape[-1]
-    if len(kernel_shape) == 1:  # one kernel for every row: a dot product per frequency
-        bins = grad_spectrum.shape[-1]
-        correlation = torch.linalg.vecdot(x_spectrum.reshape(-1, bins), grad_spectrum.reshape(-1, bins), dim=0)
-    else:
-        correlation = (grad_spectrum * x_spectrum.conj()).sum_to_size(*kernel_shape[:-1], size // 2 + 1)
+    correlation = correlation_spectrum_(grad_spectrum, x_spectrum, (*kernel_shape[:-1], size // 2 + 1))
     return torch.fft.irfft(correlation, n=size)
 
 

@@ -24,13 +24,7 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import DENSE_PASS_FLOPS, StructuredMatrix, require_positive_int
-from .fft import circulant_matmul, fft_dtype, fft_flops, negacyclic_fft, negacyclic_ifft
-
-
-def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ over all leading dims of conj(a)·b for spectra (..., r, bins), broadcasting; (r, bins)."""
-    a, b = torch.broadcast_tensors(a, b)
-    return torch.linalg.vecdot(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), dim=0)
+from .fft import circulant_matmul, correlation_spectrum_, fft_dtype, fft_flops, negacyclic_fft, negacyclic_ifft
 
 
 def _spectra(g: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,16 +50,20 @@ def _ldr_grads(
     grad_spectrum = torch.fft.rfft(grad_y.to(dtype), n=size).unsqueeze(-2)
     if needs_g or needs_h:
         x_spectrum = negacyclic_fft(x.to(dtype), size).unsqueeze(-2)
-    if needs_g:  # ∂gᵢ = correlation of ∂y with uᵢ
+    if (
+        needs_g
+    ):  # ∂gᵢ = correlation of ∂y with uᵢ, spectrum Σ rfft(∂y)·conj(rfft(uᵢ)): the sum over rfft(uᵢ), conjugated
         u = negacyclic_ifft(h_spectrum * x_spectrum, size)
-        grads[0] = torch.fft.irfft(_sum_over_rows(torch.fft.rfft(u), grad_spectrum), n=size)
+        grads[0] = torch.fft.irfft(
+            correlation_spectrum_(torch.fft.rfft(u), grad_spectrum, g_spectrum.shape).conj(), n=size
+        )
     if needs_h or needs_x:
         grad_u = torch.fft.irfft(grad_spectrum * g_spectrum.conj(), n=size)  # ∂uᵢ = C_N(gᵢ)ᵀ ∂y
         grad_u_spectrum = negacyclic_fft(grad_u, size)
-        if needs_h:  # ∂hᵢ = negacyclic correlation of ∂uᵢ with x
-            grads[1] = negacyclic_ifft(_sum_over_rows(x_spectrum, grad_u_spectrum), size)
         if needs_x:  # ∂x = Σᵢ Z₋₁(hᵢ)ᵀ ∂uᵢ
             grads[2] = negacyclic_ifft((grad_u_spectrum * h_spectrum.conj()).sum(-2), size)[..., :in_features]
+        if needs_h:  # ∂hᵢ = negacyclic correlation of ∂uᵢ with x (last: it overwrites T(∂uᵢ))
+            grads[1] = negacyclic_ifft(correlation_spectrum_(grad_u_spectrum, x_spectrum, h_spectrum.shape), size)
     return [None if grad is None else grad.to(cast) for grad, cast in zip(grads, dtypes, strict=True)]
 
 

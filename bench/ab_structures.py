@@ -1,0 +1,117 @@
+"""Before/after of a change to ``surm_nlp/structures``, interleaved in one process.
+
+Separate runs of the same code spread ±15 % on a shared CPU, more than most kernel changes gain.
+This loads the structures package of another checkout (``--before``: a git worktree of the commit
+before the change) beside this checkout's, builds each structure from both with the same
+parameters, and times them alternately on the same x and ∂y, each going first in every other
+round: ``parameter_grads`` (the backward of folded training), the structured forward + backward,
+and ``to_dense`` without graph. It prints the median of each and the paired ratio after / before
+(the median over rounds, with its 95 % interval), and checks that both give the same results.
+
+    git worktree add ../before HEAD~1
+    python bench/ab_structures.py --before ../before --output bench/ab_structures.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from layer_time import OPTIONS, parse_shape
+from step_time import median_interval
+
+from surm_nlp import structures as after_structures
+
+
+def load_structures(checkout: Path) -> ModuleType:
+    """``surm_nlp.structures`` of ``checkout``, imported as ``structures_before``."""
+    package = checkout / "surm_nlp" / "structures"
+    spec = importlib.util.spec_from_file_location(
+        "structures_before", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def operations(x: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[torch.nn.Module], list[torch.Tensor]]]:
+    """What is timed, each returning its results for the before/after check."""
+    x_leaf = x.clone().requires_grad_()
+
+    def structured(matrix: torch.nn.Module) -> list[torch.Tensor]:
+        matrix.zero_grad(set_to_none=True)
+        x_leaf.grad = None
+        (matrix(x_leaf) * grad_y).sum().backward()
+        return [x_leaf.grad, *(p.grad for p in matrix.parameters())]
+
+    def to_dense(matrix: torch.nn.Module) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [matrix.to_dense()]
+
+    return {
+        "parameter_grads": lambda matrix: matrix.parameter_grads(x, grad_y),
+        "structured fwd+bwd": structured,
+        "to_dense": to_dense,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", type=Path, required=True, help="checkout of the code before the change")
+    parser.add_argument("--structures", nargs="+", default=["circulant", "toeplitz", "ldr"])
+    parser.add_argument("--shape", type=parse_shape, default=(768, 768), help="in x out")
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+    before_structures = load_structures(args.before)
+    (in_features, out_features), rows = args.shape, []
+    torch.manual_seed(0)
+    x, grad_y = torch.randn(args.rows, in_features), torch.randn(args.rows, out_features)
+    for name in args.structures:
+        after = after_structures.make_structure(name, in_features, out_features, **OPTIONS.get(name, {}))
+        before = before_structures.make_structure(name, in_features, out_features, **OPTIONS.get(name, {}))
+        before.load_state_dict(after.state_dict())
+        for label, operation in operations(x, grad_y).items():
+            results = zip(operation(after), operation(before), strict=True)
+            difference = max((a - b).abs().max().item() for a, b in results)
+            times: dict[str, list[float]] = {"before": [], "after": []}
+            for i in range(args.warmup + args.repeats):
+                order = (("before", before), ("after", after))
+                for version, matrix in order[:: 1 - 2 * (i % 2)]:  # alternating, so that going first cancels
+                    start = time.perf_counter()
+                    operation(matrix)
+                    if i >= args.warmup:
+                        times[version].append(time.perf_counter() - start)
+            paired = [a / b for a, b in zip(times["after"], times["before"], strict=True)]
+            rows.append({
+                "structure": name, "operation": label, "before_ms": 1e3 * statistics.median(times["before"]),
+                "after_ms": 1e3 * statistics.median(times["after"]), "paired_ratio": statistics.median(paired),
+                "paired_ratio_ci95": median_interval(paired), "max_abs_difference": difference,
+            })  # fmt: skip
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rows} rows, shape {args.shape}")
+    header = f"{'structure':<20} {'operation':<20} {'before ms':>9} {'after ms':>9}"
+    print(f"{header} {'after/before [95 % CI]':>24} {'max diff':>9}")
+    for r in rows:
+        ci = "[{:.3f}, {:.3f}]".format(*r["paired_ratio_ci95"]) if r["paired_ratio_ci95"] else ""
+        print(
+            f"{r['structure']:<20} {r['operation']:<20} {r['before_ms']:>9.2f} {r['after_ms']:>9.2f} "
+            f"{r['paired_ratio']:>7.3f} {ci:>16} {r['max_abs_difference']:>9.1e}"
+        )
+    if args.output:
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": args.rows, "shape": args.shape}
+        args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The statistics that bench/step_time.py reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("step_time", Path(__file__).parents[1] / "bench" / "step_time.py")
+step_time = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(step_time)
+
+
+def test_median_interval_is_the_binomial_order_statistics() -> None:
+    # n = 20: P(Bin(20, ½) ≤ 5) = 0.0207 ≤ 0.025 < P(≤ 6) = 0.0577, so X₍₆₎ and X₍₁₅₎.
+    assert step_time.median_interval([float(v) for v in range(20, 0, -1)]) == (6.0, 15.0)
+    # n = 6: P(Bin = 0) = 1/64 ≤ 0.025, so the extremes; n = 5: 1/32 > 0.025, no 95 % interval.
+    assert step_time.median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    assert step_time.median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+
+
+def test_median_interval_covers_the_median_as_often_as_it_claims() -> None:
+    rng, n, trials = random.Random(0), 20, 4000
+    covered = 0
+    for _ in range(trials):  # exponential samples, true median ln 2
+        low, high = step_time.median_interval([rng.expovariate(1.0) for _ in range(n)])
+        covered += low <= math.log(2) <= high
+    assert covered / trials == pytest.approx(1 - 2 * 0.0207, abs=0.015)  # exact coverage for n = 20: 95.9 %
+
+
+def test_paired_ratio_cancels_drift_shared_by_a_round() -> None:
+    drift = [1.0, 1.3, 0.8, 1.1, 0.9, 1.2, 1.0]  # the machine's speed, round by round
+    rows = {
+        "lora r=8": {"median_s": 0.0, "times_s": [2.0 * d for d in drift], "peak_bytes": 100},
+        "surm": {"median_s": 0.0, "times_s": [2.1 * d for d in drift], "peak_bytes": 98},
+    }
+    for row in rows.values():
+        row["median_s"] = statistics.median(row["times_s"])
+    step_time.add_ratios(rows, "lora r=8")
+    assert rows["surm"]["paired_ratio"] == pytest.approx(1.05)
+    assert rows["surm"]["paired_ratio_ci95"] == pytest.approx((1.05, 1.05))
+    assert rows["surm"]["memory_vs_reference"] == pytest.approx(0.98)
