@@ -3,9 +3,10 @@
 A SURM-LoRA layer around a frozen ``nn.Linear`` trains either folded, y = x(W₀ + αS)ᵀ (one matmul
 as in the base layer, S materialised, and S's parameter gradient from x and ∂y by the structure's
 own transforms, ``parameter_grads``), or structured, y = W₀x + α·S(x) (the FFT or matmul product of
-the structure, forward and backward). This times both paths of
-the real layer (forward, (y·g).sum(), backward to S and to x) for each structure, shape and number
-of rows of x, interleaved, and shows which the layer chooses (``_folds_into_weight``).
+the structure, forward and backward). This times both paths of the real layer (forward,
+(y·g).sum(), backward to S and to x) for each structure, shape and number of rows of x,
+interleaved, with their paired ratio (95 % interval), and shows which the layer chooses
+(``_folds_into_weight``).
 
     python bench/fold_rows.py --shapes 768x768 --rows 32 128 512 1024 --output bench/fold_rows.json
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from layer_time import parse_shape, step
 from peft import get_peft_model
+from step_time import median_interval
 
 from surm_nlp import SurmConfig
 from surm_nlp.structures import STRUCTURES
@@ -33,20 +35,27 @@ def surm_layer(structure: str, rank: int | None, shape: tuple[int, int]) -> torc
     return get_peft_model(torch.nn.Sequential(torch.nn.Linear(*shape)), config).base_model.model[0]
 
 
-def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each path, and the layer's own choice for an input of ``rows`` rows."""
+def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) -> dict[str, object]:
+    """Median seconds of each path, folded / structured paired by round (each path first in every
+    other round) with its 95 % interval, and the layer's own choice for an input of ``rows`` rows."""
     x = torch.randn(rows, layer.in_features, requires_grad=True)
     upstream = torch.randn(rows, layer.out_features)
     chooses = layer._folds_into_weight(x)
     times: dict[str, list[float]] = {path: [] for path in PATHS}
     for i in range(warmup + repeats):
-        for path in PATHS:
+        for path in PATHS[:: 1 - 2 * (i % 2)]:
             layer._folds_into_weight = lambda _, folds=path == "folded": folds
             elapsed = step(layer, x, upstream)
             if i >= warmup:
                 times[path].append(elapsed)
     del layer._folds_into_weight
-    return {**{path: statistics.median(t) for path, t in times.items()}, "chooses_folded": chooses}
+    paired = [f / s for f, s in zip(times["folded"], times["structured"], strict=True)]
+    return {
+        **{path: statistics.median(t) for path, t in times.items()},
+        "folded_vs_structured": statistics.median(paired),
+        "folded_vs_structured_ci95": median_interval(paired),
+        "chooses_folded": chooses,
+    }
 
 
 def main() -> None:
@@ -65,19 +74,22 @@ def main() -> None:
     torch.manual_seed(0)
     results = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'shape':<10} {'structure':<20} {'rows':>6} {'folded ms':>10} {'structured ms':>14} {'faster':>11} layer")
+    header = f"{'shape':<10} {'structure':<20} {'rows':>6} {'folded ms':>10} {'structured ms':>14}"
+    print(f"{header} {'folded/structured [95 % CI]':>28} {'faster':>11} layer")
     for shape in args.shapes:
         label = f"{shape[0]}x{shape[1]}"
         for structure in args.structures:
             layer = surm_layer(structure, args.rank if structure == "ldr" else None, shape)
             for rows in args.rows:
                 timing = bench_layer(layer, rows, args.repeats, args.warmup)
-                faster = "folded" if timing["folded"] < timing["structured"] else "structured"
+                faster = "folded" if timing["folded_vs_structured"] < 1 else "structured"
                 chosen = "folded" if timing["chooses_folded"] else "structured"
                 results.append({"shape": label, "structure": structure, "rows": rows, **timing})
+                ci = timing["folded_vs_structured_ci95"]
+                paired = f"{timing['folded_vs_structured']:.3f}" + (" [{:.3f}, {:.3f}]".format(*ci) if ci else "")
                 print(
                     f"{label:<10} {structure:<20} {rows:>6} {1e3 * timing['folded']:>10.2f} "
-                    f"{1e3 * timing['structured']:>14.2f} {faster:>11} {chosen}",
+                    f"{1e3 * timing['structured']:>14.2f} {paired:>28} {faster:>11} {chosen}",
                     flush=True,
                 )
     if args.output:
