@@ -26,7 +26,7 @@ from types import ModuleType
 
 import torch
 from layer_time import OPTIONS, parse_shape
-from step_time import median_interval
+from step_time import format_ratio, paired_ratio
 
 from surm_nlp import structures as after_structures
 
@@ -93,20 +93,19 @@ def main() -> None:
                     operation(matrix)
                     if i >= args.warmup:
                         times[version].append(time.perf_counter() - start)
-            paired = [a / b for a, b in zip(times["after"], times["before"], strict=True)]
+            ratio, interval = paired_ratio(times["after"], times["before"])
             rows.append({
                 "structure": name, "operation": label, "before_ms": 1e3 * statistics.median(times["before"]),
-                "after_ms": 1e3 * statistics.median(times["after"]), "paired_ratio": statistics.median(paired),
-                "paired_ratio_ci95": median_interval(paired), "max_abs_difference": difference,
+                "after_ms": 1e3 * statistics.median(times["after"]), "paired_ratio": ratio,
+                "paired_ratio_ci95": interval, "max_abs_difference": difference,
             })  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rows} rows, shape {args.shape}")
     header = f"{'structure':<20} {'operation':<20} {'before ms':>9} {'after ms':>9}"
     print(f"{header} {'after/before [95 % CI]':>24} {'max diff':>9}")
     for r in rows:
-        ci = "[{:.3f}, {:.3f}]".format(*r["paired_ratio_ci95"]) if r["paired_ratio_ci95"] else ""
         print(
             f"{r['structure']:<20} {r['operation']:<20} {r['before_ms']:>9.2f} {r['after_ms']:>9.2f} "
-            f"{r['paired_ratio']:>7.3f} {ci:>16} {r['max_abs_difference']:>9.1e}"
+            f"{format_ratio(r['paired_ratio'], r['paired_ratio_ci95']):>24} {r['max_abs_difference']:>9.1e}"
         )
     if args.output:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": args.rows, "shape": args.shape}

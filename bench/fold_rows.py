@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from layer_time import parse_shape, step
 from peft import get_peft_model
-from step_time import median_interval
+from step_time import format_ratio, paired_ratio
 
 from surm_nlp import SurmConfig
 from surm_nlp.structures import STRUCTURES
@@ -49,11 +49,11 @@ def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) ->
             if i >= warmup:
                 times[path].append(elapsed)
     del layer._folds_into_weight
-    paired = [f / s for f, s in zip(times["folded"], times["structured"], strict=True)]
+    ratio, interval = paired_ratio(times["folded"], times["structured"])
     return {
         **{path: statistics.median(t) for path, t in times.items()},
-        "folded_vs_structured": statistics.median(paired),
-        "folded_vs_structured_ci95": median_interval(paired),
+        "folded_vs_structured": ratio,
+        "folded_vs_structured_ci95": interval,
         "chooses_folded": chooses,
     }
 
@@ -85,8 +85,7 @@ def main() -> None:
                 faster = "folded" if timing["folded_vs_structured"] < 1 else "structured"
                 chosen = "folded" if timing["chooses_folded"] else "structured"
                 results.append({"shape": label, "structure": structure, "rows": rows, **timing})
-                ci = timing["folded_vs_structured_ci95"]
-                paired = f"{timing['folded_vs_structured']:.3f}" + (" [{:.3f}, {:.3f}]".format(*ci) if ci else "")
+                paired = format_ratio(timing["folded_vs_structured"], timing["folded_vs_structured_ci95"])
                 print(
                     f"{label:<10} {structure:<20} {rows:>6} {1e3 * timing['folded']:>10.2f} "
                     f"{1e3 * timing['structured']:>14.2f} {paired:>28} {faster:>11} {chosen}",

@@ -177,6 +177,17 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return (ordered[k - 1], ordered[n - k]) if k else None
 
 
+def paired_ratio(times: list[float], reference_times: list[float]) -> tuple[float, tuple[float, float] | None]:
+    """The median over rounds of times[i] / reference_times[i] (same round), and its 95 % interval."""
+    ratios = [t / ref for t, ref in zip(times, reference_times, strict=True)]
+    return statistics.median(ratios), median_interval(ratios)
+
+
+def format_ratio(ratio: float, interval: tuple[float, float] | None) -> str:
+    """``1.031 [1.016, 1.045]``, without the brackets where there is no interval."""
+    return f"{ratio:.3f}" + (" [{:.3f}, {:.3f}]".format(*interval) if interval else "")
+
+
 def add_ratios(rows: dict[str, dict], reference: str) -> None:
     """Each row's ratio to ``reference``: of the medians, and paired, the median over rounds of
     (this step / the reference's step in the same round) with its 95 % interval. Rounds are
@@ -185,8 +196,7 @@ def add_ratios(rows: dict[str, dict], reference: str) -> None:
         return
     for row in rows.values():
         row["vs_reference"] = row["median_s"] / rows[reference]["median_s"]
-        paired = [t / ref for t, ref in zip(row["times_s"], rows[reference]["times_s"], strict=True)]
-        row["paired_ratio"], row["paired_ratio_ci95"] = statistics.median(paired), median_interval(paired)
+        row["paired_ratio"], row["paired_ratio_ci95"] = paired_ratio(row["times_s"], rows[reference]["times_s"])
         if row["peak_bytes"] and rows[reference]["peak_bytes"]:
             row["memory_vs_reference"] = row["peak_bytes"] / rows[reference]["peak_bytes"]
 
@@ -268,9 +278,7 @@ def main() -> None:
     print(f"{header} {params:>11} {'peak MiB':>9} {'mem ratio':>9}")
     for name, r in rows.items():
         ratio = f"{r['vs_reference']:.3f}" if r.get("vs_reference") else "-"
-        paired = f"{r['paired_ratio']:.3f}" if r.get("paired_ratio") else "-"
-        if r.get("paired_ratio_ci95"):
-            paired += " [{:.3f}, {:.3f}]".format(*r["paired_ratio_ci95"])
+        paired = format_ratio(r["paired_ratio"], r["paired_ratio_ci95"]) if "paired_ratio" in r else "-"
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
         mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
         print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {paired:>22} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")

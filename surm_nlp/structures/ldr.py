@@ -50,9 +50,9 @@ def _ldr_grads(
     grad_spectrum = torch.fft.rfft(grad_y.to(dtype), n=size).unsqueeze(-2)
     if needs_g or needs_h:
         x_spectrum = negacyclic_fft(x.to(dtype), size).unsqueeze(-2)
-    if (
-        needs_g
-    ):  # ∂gᵢ = correlation of ∂y with uᵢ, spectrum Σ rfft(∂y)·conj(rfft(uᵢ)): the sum over rfft(uᵢ), conjugated
+    if needs_g:
+        # ∂gᵢ = correlation of ∂y with uᵢ, spectrum Σ rfft(∂y)·conj(rfft(uᵢ)): the in-place sum over
+        # rfft(uᵢ)·conj(rfft(∂y)), conjugated
         u = negacyclic_ifft(h_spectrum * x_spectrum, size)
         grads[0] = torch.fft.irfft(
             correlation_spectrum_(torch.fft.rfft(u), grad_spectrum, g_spectrum.shape).conj(), n=size
