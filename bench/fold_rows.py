@@ -6,7 +6,9 @@ own transforms, ``parameter_grads``), or structured, y = W₀x + α·S(x) (the F
 the structure, forward and backward). This times both paths of the real layer (forward,
 (y·g).sum(), backward to S and to x) for each structure, shape and number of rows of x,
 interleaved, with their paired ratio (95 % interval), and shows which the layer chooses
-(``_folds_into_weight``).
+(``_folds_into_weight``). For each structure and shape it prints the crossover, measured (where
+the ratio falls below 1) and the layer's (from how many rows it folds): the check of
+``DENSE_PASS_FLOPS`` and ``FFT_FLOP_WEIGHT``, on which only the layer's depends.
 
     python bench/fold_rows.py --shapes 768x768 --rows 32 128 512 1024 --output bench/fold_rows.json
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -33,6 +36,32 @@ def surm_layer(structure: str, rank: int | None, shape: tuple[int, int]) -> torc
     """The SURM-LoRA layer around a frozen (in, out) ``nn.Linear``, S random (not zero)."""
     config = SurmConfig(structure=structure, rank=rank, target_modules=["0"], init_weights=False)
     return get_peft_model(torch.nn.Sequential(torch.nn.Linear(*shape)), config).base_model.model[0]
+
+
+def crossover(points: list[tuple[int, float]]) -> float | None:
+    """Rows where folded/structured falls below 1 for good: between the last point at ≥ 1 and the
+    next, interpolated linearly in log ratio; None where the ratio stays on one side in the range."""
+    above = [i for i, (_, ratio) in enumerate(points) if ratio >= 1]
+    if not above or above[-1] == len(points) - 1:
+        return None
+    (rows_1, ratio_1), (rows_2, ratio_2) = points[above[-1]], points[above[-1] + 1]
+    return rows_1 + (rows_2 - rows_1) * math.log(ratio_1) / (math.log(ratio_1) - math.log(ratio_2))
+
+
+def model_crossover(layer: torch.nn.Module, max_rows: int = 1 << 20) -> int | None:
+    """The fewest rows of x for which the layer folds in training (``_folds_into_weight``, asked
+    by bisection); None if it does not fold up to ``max_rows``."""
+
+    def folds(rows: int) -> bool:
+        return layer._folds_into_weight(torch.empty(rows, layer.in_features, device="meta"))
+
+    if not folds(max_rows):
+        return None
+    low, high = 0, max_rows  # folds(high), not folds(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if folds(middle) else (middle, high)
+    return high
 
 
 def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) -> dict[str, object]:
@@ -58,6 +87,10 @@ def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) ->
     }
 
 
+def format_rows(rows: float | None) -> str:
+    return "—" if rows is None else f"{rows:.0f} rows"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(768, 768)], help="in x out")
@@ -72,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    results = []
+    results, crossovers = [], []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'shape':<10} {'structure':<20} {'rows':>6} {'folded ms':>10} {'structured ms':>14}"
     print(f"{header} {'folded/structured [95 % CI]':>28} {'faster':>11} layer")
@@ -91,6 +124,12 @@ def main() -> None:
                     f"{1e3 * timing['structured']:>14.2f} {paired:>28} {faster:>11} {chosen}",
                     flush=True,
                 )
+            points = [(row["rows"], row["folded_vs_structured"]) for row in results[-len(args.rows) :]]
+            measured, model = crossover(points), model_crossover(layer)
+            crossovers.append({"shape": label, "structure": structure, "measured": measured, "model": model})
+            print(
+                f"{label:<10} {structure:<20} crossover: measured {format_rows(measured)}, model {format_rows(model)}"
+            )
     if args.output:
         meta = {
             "torch": torch.__version__,
@@ -98,7 +137,7 @@ def main() -> None:
             "repeats": args.repeats,
             "ldr_rank": args.rank or 1,
         }
-        args.output.write_text(json.dumps({"meta": meta, "rows": results}, indent=2) + "\n")
+        args.output.write_text(json.dumps({"meta": meta, "rows": results, "crossovers": crossovers}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

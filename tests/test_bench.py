@@ -1,4 +1,4 @@
-"""The statistics that bench/step_time.py reports."""
+"""The statistics that bench/step_time.py and bench/fold_rows.py report."""
 
 from __future__ import annotations
 
@@ -6,13 +6,27 @@ import importlib.util
 import math
 import random
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-_spec = importlib.util.spec_from_file_location("step_time", Path(__file__).parents[1] / "bench" / "step_time.py")
-step_time = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(step_time)
+BENCH = Path(__file__).parents[1] / "bench"
+
+
+def load_bench_script(name: str):
+    """bench/<name>.py as a module; the scripts import each other as top-level modules."""
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+step_time = load_bench_script("step_time")
+fold_rows = load_bench_script("fold_rows")
 
 
 def test_median_interval_is_the_binomial_order_statistics() -> None:
@@ -44,3 +58,22 @@ def test_paired_ratio_cancels_drift_shared_by_a_round() -> None:
     assert rows["surm"]["paired_ratio"] == pytest.approx(1.05)
     assert rows["surm"]["paired_ratio_ci95"] == pytest.approx((1.05, 1.05))
     assert rows["surm"]["memory_vs_reference"] == pytest.approx(0.98)
+
+
+def test_crossover_is_where_the_ratio_falls_below_one_for_good():
+    # log-linear between the last point at ≥ 1 and the next: ratio 1.1 at 128, 0.9 at 256
+    crossing = 128 + 128 * math.log(1.1) / (math.log(1.1) - math.log(0.9))
+    assert fold_rows.crossover([(64, 1.3), (128, 1.1), (256, 0.9), (512, 0.8)]) == pytest.approx(crossing)
+    # a noisy dip before the crossover does not count
+    assert fold_rows.crossover([(64, 0.99), (128, 1.1), (256, 0.9)]) == pytest.approx(crossing)
+    assert fold_rows.crossover([(64, 1.2), (128, 1.0), (256, 0.8)]) == 128
+    assert fold_rows.crossover([(64, 0.9), (128, 0.8)]) is None  # folded faster throughout
+    assert fold_rows.crossover([(64, 1.2), (128, 1.1)]) is None  # structured faster throughout
+
+
+def test_model_crossover_is_the_fewest_rows_the_layer_folds_from():
+    layer = fold_rows.surm_layer("toeplitz", None, (768, 768))
+    first = fold_rows.model_crossover(layer)
+    fold = [layer._folds_into_weight(torch.empty(rows, 768, device="meta")) for rows in (first - 1, first)]
+    assert fold == [False, True]
+    assert fold_rows.model_crossover(fold_rows.surm_layer("kronecker", None, (768, 768))) is None

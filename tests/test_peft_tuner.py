@@ -129,8 +129,8 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure):
     """Whichever way the layer trains (folded or structured), output and gradients are the structured ones."""
     model, layer = two_adapter_layer(structure)
     model.train()
-    x = torch.randn(3, 8, 32, dtype=torch.float64, requires_grad=True)  # 24 rows: folding may pay at this width
-    upstream = torch.randn(3, 8, 48, dtype=torch.float64)
+    x = torch.randn(3, 16, 32, dtype=torch.float64, requires_grad=True)  # 48 rows: folding may pay at this width
+    upstream = torch.randn(3, 16, 48, dtype=torch.float64)
     # With the circulant adapter every pair folds (its saved transforms pay for both dense S, Kronecker's and
     # low rank's parameter gradients then come from autograd); alone, Kronecker and low rank train structured.
     for adapters, folds in ((["default", "second"], True), (["default"], structure not in ("kronecker", "lowrank"))):
@@ -168,8 +168,8 @@ def test_folded_training_output_takes_in_place_ops_and_parameters_must_not_chang
 
 
 def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
-    """At RoBERTa-base width (768 × 768) the FFT structures train folded from 59 (Toeplitz), 129
-    (circulant), 194 (LDR r=1) rows on; Kronecker and low rank, whose products are matmuls, never."""
+    """At RoBERTa-base width (768 × 768) the FFT structures train folded from 97 (Toeplitz), 214
+    (circulant), 322 (LDR r=1) rows on; Kronecker and low rank, whose products are matmuls, never."""
     first_folded = {}
     for structure in STRUCTURES:
         rank = 1 if structure in RANKED else None
@@ -178,16 +178,19 @@ def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
         inputs = (torch.empty(rows, 768, device="meta") for rows in range(1, 4097))  # the rule reads shapes only
         first_folded[structure] = next((x.shape[0] for x in inputs if layer._folds_into_weight(x)), None)
     assert first_folded == {
-        "circulant": 129,
-        "toeplitz": 59,
-        "symmetric_toeplitz": 59,
+        "circulant": 214,
+        "toeplitz": 97,
+        "symmetric_toeplitz": 97,
         "kronecker": None,
-        "ldr": 194,
+        "ldr": 322,
         "lowrank": None,
     }
     _, layer = two_adapter_layer("toeplitz", dropout=0.1)
+    x = torch.randn(4096, 32)
+    layer.eval()
+    assert layer._folds_into_weight(x)  # rows enough to fold, and dropout is off in eval
     layer.train()
-    assert not layer._folds_into_weight(torch.randn(24, 32))  # dropout on the adapter input: structured
+    assert not layer._folds_into_weight(x)  # dropout on the adapter input: structured
 
 
 @pytest.mark.parametrize("structure", ["toeplitz", "kronecker", "lowrank"])

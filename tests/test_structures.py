@@ -85,6 +85,7 @@ def test_forward_and_dense_match_reference(name, shape):
     reference = reference_dense(s)
     assert reference.shape == (out_features, in_features)
     torch.testing.assert_close(s.to_dense(), reference, rtol=1e-12, atol=1e-12)
+    assert s.to_dense().stride(-1) == 1  # rows contiguous, as a weight's: W₀ + S must not transpose
     x = torch.randn(2, 3, in_features, dtype=torch.float64)
     y = s(x)
     assert y.shape == (2, 3, out_features) and y.dtype == torch.float64

@@ -131,7 +131,8 @@ class Linear(nn.Module, SurmLayer):
         structured product: in inference all of it, which pays from about max(m, n)/16 rows on (a
         sequence of a few tokens, not single-token decoding); in training its forward and ∂x, as S's
         parameters still get their gradient from x and ∂y (``parameter_grads``), which pays for the
-        FFT structures from about 50–250 rows at 768 (measured: bench/fold_rows.py). Not in training
+        FFT structures from about 100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured:
+        bench/fold_rows.py). Not in training
         with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside its own
         module's forward: a quantized base, DeepSpeed ZeRO-3 partitions, accelerate offloading, FSDP
         shards.

@@ -20,8 +20,9 @@ def require_positive_int(name: str, value: object) -> int:
 
 
 #: A memory-bound pass over one entry of an m × n tensor (a copy, an add) costs about this many
-#: matmul flops on CPU; fitted with bench/fold_rows.py, where folding starts to pay.
-DENSE_PASS_FLOPS = 30.0
+#: matmul flops on CPU; fitted to the crossovers that bench/fold_rows.py prints (square and
+#: rectangular, every FFT structure: measured / predicted 0.9–1.9, geometric mean 1.17).
+DENSE_PASS_FLOPS = 50.0
 
 
 class StructuredMatrix(nn.Module):
@@ -172,8 +173,12 @@ class IndexedStructuredMatrix(StructuredMatrix):
 
     def to_dense(self) -> torch.Tensor:
         # Upside down, W is the Hankel matrix W[m − 1 − i, j] = t̄[i + j] of t reversed: its windows of
-        # length n, a view (a gather, and its scatter-add backward, cost several times more).
-        return self.diagonals().flip(-1).unfold(-1, self.in_features, 1).flip(-2)
+        # length n, a view (a gather, and its scatter-add backward, cost several times more). Rows
+        # reversed by index_select, which writes row-major: flip keeps the view's layout, column-major
+        # for m < n, and adding that to a weight transposes it (10× slower at 768 × 3072).
+        hankel = self.diagonals().flip(-1).unfold(-1, self.in_features, 1)
+        rows = torch.arange(self.out_features - 1, -1, -1, device=hankel.device)
+        return hankel.index_select(-2, rows)
 
     @torch.no_grad()
     def fit_(self, target: torch.Tensor) -> IndexedStructuredMatrix:
