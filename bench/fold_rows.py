@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from layer_time import parse_shape, step
+from layer_time import add_device_arguments, device_name, parse_shape, step
 from peft import get_peft_model
 from step_time import format_ratio, paired_ratio
 
@@ -32,10 +32,13 @@ from surm_nlp.structures import STRUCTURES
 PATHS = ("folded", "structured")
 
 
-def surm_layer(structure: str, rank: int | None, shape: tuple[int, int]) -> torch.nn.Module:
-    """The SURM-LoRA layer around a frozen (in, out) ``nn.Linear``, S random (not zero)."""
+def surm_layer(
+    structure: str, rank: int | None, shape: tuple[int, int], device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """The SURM-LoRA layer around a frozen (in, out) ``nn.Linear`` in ``dtype``, S random (not zero)."""
     config = SurmConfig(structure=structure, rank=rank, target_modules=["0"], init_weights=False)
-    return get_peft_model(torch.nn.Sequential(torch.nn.Linear(*shape)), config).base_model.model[0]
+    base = torch.nn.Sequential(torch.nn.Linear(*shape)).to(device, dtype)
+    return get_peft_model(base, config).base_model.model[0]
 
 
 def crossover(points: list[tuple[int, float]]) -> float | None:
@@ -67,8 +70,9 @@ def model_crossover(layer: torch.nn.Module, max_rows: int = 1 << 20) -> int | No
 def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) -> dict[str, object]:
     """Median seconds of each path, folded / structured paired by round (each path first in every
     other round) with its 95 % interval, and the layer's own choice for an input of ``rows`` rows."""
-    x = torch.randn(rows, layer.in_features, requires_grad=True)
-    upstream = torch.randn(rows, layer.out_features)
+    weight = layer.get_base_layer().weight
+    x = torch.randn(rows, layer.in_features, device=weight.device, dtype=weight.dtype, requires_grad=True)
+    upstream = torch.randn(rows, layer.out_features, device=weight.device, dtype=weight.dtype)
     chooses = layer._folds_into_weight(x)
     times: dict[str, list[float]] = {path: [] for path in PATHS}
     for i in range(warmup + repeats):
@@ -101,18 +105,20 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=None, help="displacement rank of ldr (default 1)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    add_device_arguments(parser)
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
+    args.dtype = getattr(torch, args.dtype)
 
     torch.manual_seed(0)
     results, crossovers = [], []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name(args.device)}, {args.dtype}")
     header = f"{'shape':<10} {'structure':<20} {'rows':>6} {'folded ms':>10} {'structured ms':>14}"
     print(f"{header} {'folded/structured [95 % CI]':>28} {'faster':>11} layer")
     for shape in args.shapes:
         label = f"{shape[0]}x{shape[1]}"
         for structure in args.structures:
-            layer = surm_layer(structure, args.rank if structure == "ldr" else None, shape)
+            layer = surm_layer(structure, args.rank if structure == "ldr" else None, shape, args.device, args.dtype)
             for rows in args.rows:
                 timing = bench_layer(layer, rows, args.repeats, args.warmup)
                 faster = "folded" if timing["folded_vs_structured"] < 1 else "structured"
@@ -134,6 +140,8 @@ def main() -> None:
         meta = {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": device_name(args.device),
+            "dtype": str(args.dtype),
             "repeats": args.repeats,
             "ldr_rank": args.rank or 1,
         }

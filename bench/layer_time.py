@@ -2,9 +2,12 @@
 
 Every variant runs y = S(x), loss = (y * g).sum(), loss.backward() on an input x (rows, in)
 that requires grad, as inside a network. Variants are interleaved round-robin so drift in the
-machine's speed hits all of them alike; the table shows the median over ``--repeats``.
+machine's speed hits all of them alike; the table shows the median over ``--repeats``. With
+``--dtype bfloat16`` (or float16) x and the dense layer are in that dtype and the structures and
+LoRA keep float32 parameters, as the tuner keeps adapters of a half-precision model.
 
     python bench/layer_time.py --rows 1024 --repeats 20 --output bench/layer_time.json
+    python bench/layer_time.py --device cuda --dtype bfloat16 --output bench/layer_time_cuda_bf16.json
 """
 
 from __future__ import annotations
@@ -34,34 +37,52 @@ class Dense(torch.nn.Module):
         return x @ self.weight.T
 
 
-def variants(in_features: int, out_features: int, structures: list[str]) -> dict[str, torch.nn.Module]:
-    """Dense and low rank r=8 (the references of the ratios) and each of ``structures``."""
-    built: dict[str, torch.nn.Module] = {"dense": Dense(in_features, out_features)}
+def variants(
+    in_features: int, out_features: int, structures: list[str], device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, torch.nn.Module]:
+    """Dense (in ``dtype``) and low rank r=8 (the references of the ratios) and each of ``structures``
+    (float32 parameters), on ``device``."""
+    built: dict[str, torch.nn.Module] = {"dense": Dense(in_features, out_features).to(device, dtype)}
     for name in dict.fromkeys([*structures, "lowrank"]):
         options = OPTIONS.get(name, {})
         label = f"{name} r={options['rank']}" if "rank" in options else name
-        built[label] = make_structure(name, in_features, out_features, **options)
+        built[label] = make_structure(name, in_features, out_features, **options).to(device)
     return built
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the GPU's queued kernels, so that wall-clock time covers them (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or the CPU's."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def step(module: torch.nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> float:
     module.zero_grad(set_to_none=True)
     x.grad = None
+    synchronize(x.device)
     start = time.perf_counter()
     (module(x) * upstream).sum().backward()
+    synchronize(x.device)
     return time.perf_counter() - start
 
 
-def bench_shape(shape: tuple[int, int], rows: int, repeats: int, warmup: int, structures: list[str]) -> list[dict]:
-    in_features, out_features = shape
-    modules = variants(in_features, out_features, structures)
-    x = torch.randn(rows, in_features, requires_grad=True)
-    upstream = torch.randn(rows, out_features)
+def bench_shape(shape: tuple[int, int], args: argparse.Namespace) -> list[dict]:
+    (in_features, out_features), rows = shape, args.rows
+    modules = variants(in_features, out_features, args.structures, args.device, args.dtype)
+    x = torch.randn(rows, in_features, device=args.device, dtype=args.dtype, requires_grad=True)
+    upstream = torch.randn(rows, out_features, device=args.device, dtype=args.dtype)
     times: dict[str, list[float]] = {label: [] for label in modules}
-    for i in range(warmup + repeats):
+    for i in range(args.warmup + args.repeats):
         for label, module in modules.items():
             elapsed = step(module, x, upstream)
-            if i >= warmup:
+            if i >= args.warmup:
                 times[label].append(elapsed)
     medians = {label: statistics.median(t) for label, t in times.items()}
     lora = next(label for label in modules if label.startswith("lowrank"))
@@ -76,6 +97,12 @@ def bench_shape(shape: tuple[int, int], rows: int, repeats: int, warmup: int, st
         }
         for label, module in modules.items()
     ]
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device (default: the GPU where there is one) and --dtype of the frozen weights and activations."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -98,16 +125,14 @@ def main() -> None:
     parser.add_argument(
         "--structures", nargs="+", default=list(STRUCTURES), choices=STRUCTURES, help="dense and lowrank always run"
     )
+    add_device_arguments(parser)
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
+    args.dtype = getattr(torch, args.dtype)
 
     torch.manual_seed(0)
-    rows = [
-        row
-        for shape in args.shapes
-        for row in bench_shape(shape, args.rows, args.repeats, args.warmup, args.structures)
-    ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    rows = [row for shape in args.shapes for row in bench_shape(shape, args)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name(args.device)}, {args.dtype}")
     print(f"{'shape':<10} {'variant':<20} {'params':>9} {'ms':>8} {'/dense':>7} {'/LoRA8':>7}")
     for r in rows:
         print(
@@ -118,6 +143,8 @@ def main() -> None:
         meta = {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": device_name(args.device),
+            "dtype": str(args.dtype),
             "rows_of_x": args.rows,
             "repeats": args.repeats,
         }

@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 import math
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from layer_time import add_device_arguments, device_name, synchronize
 from peft import C3AConfig, LoKrConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -127,11 +127,6 @@ class Runner:
         else:
             with torch.inference_mode():
                 self.model(input_ids=batch["input_ids"])
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def build_runners(args: argparse.Namespace, variants: dict) -> dict[str, Runner]:
@@ -238,8 +233,7 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_device_arguments(parser)
     parser.add_argument("--variants", nargs="+", default=None, help="default: every variant of --mode")
     parser.add_argument("--memory_steps", type=int, default=3)
     parser.add_argument("--no_memory", action="store_true", help="skip the CPU peak-memory processes")
@@ -265,12 +259,10 @@ def main() -> None:
     reference = "lora r=8" if args.mode == "train" else "base"
     add_ratios(rows, reference)
 
-    on_cuda = args.device.startswith("cuda")
-    device = torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine()
     meta = {
-        "torch": torch.__version__, "device": device, "threads": torch.get_num_threads(), "mode": args.mode,
-        "model_type": args.model_type, "batch": [args.batch_size, args.seq_len], "dtype": str(args.dtype),
-        "repeats": args.repeats, "reference": reference,
+        "torch": torch.__version__, "device": device_name(args.device), "threads": torch.get_num_threads(),
+        "mode": args.mode, "model_type": args.model_type, "batch": [args.batch_size, args.seq_len],
+        "dtype": str(args.dtype), "repeats": args.repeats, "reference": reference,
     }  # fmt: skip
     print(json.dumps(meta))
     params = "trainable" if args.mode == "train" else "params"
