@@ -132,10 +132,9 @@ class Linear(nn.Module, SurmLayer):
         sequence of a few tokens, not single-token decoding); in training its forward and ∂x, as S's
         parameters still get their gradient from x and ∂y (``parameter_grads``), which pays for the
         FFT structures from about 100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured:
-        bench/fold_rows.py). Not in training
-        with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside its own
-        module's forward: a quantized base, DeepSpeed ZeRO-3 partitions, accelerate offloading, FSDP
-        shards.
+        bench/fold_rows.py). Not in training with dropout on the adapter's input, nor where W₀ or S
+        is not a whole tensor outside its own module's forward: a quantized base, DeepSpeed ZeRO-3
+        partitions, accelerate offloading, FSDP shards.
         """
         base = self.get_base_layer()
         if type(base) is not nn.Linear or hasattr(base, "_hf_hook") or hasattr(base.weight, "ds_id"):
