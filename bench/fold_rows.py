@@ -1,14 +1,16 @@
-"""When training folded pays: one SURM-LoRA layer's step, folded and structured, over row counts.
+"""When training folded pays, and by which gradient: one SURM-LoRA layer's step over row counts.
 
 A SURM-LoRA layer around a frozen ``nn.Linear`` trains either folded, y = x(W₀ + αS)ᵀ (one matmul
-as in the base layer, S materialised, and S's parameter gradient from x and ∂y by the structure's
-own transforms, ``parameter_grads``), or structured, y = W₀x + α·S(x) (the FFT or matmul product of
-the structure, forward and backward). This times both paths of the real layer (forward,
-(y·g).sum(), backward to S and to x) for each structure, shape and number of rows of x,
-interleaved, with their paired ratio (95 % interval), and shows which the layer chooses
-(``_folds_into_weight``). For each structure and shape it prints the crossover, measured (where
-the ratio falls below 1) and the layer's (from how many rows it folds): the check of
-``DENSE_PASS_FLOPS`` and ``FFT_FLOP_WEIGHT``, on which only the layer's depends.
+as in the base layer, S materialised), or structured, y = W₀x + α·S(x) (the FFT or matmul product of
+the structure, forward and backward). Folded, S's parameters get their gradient either by the
+structure's own transforms from x and ∂y (``parameter_grads``: "transforms") or through the folded
+weight, the dense ∂S = ∂yᵀx and ``to_dense``'s backward ("dense"). This times the three paths of
+the real layer (forward, (y·g).sum(), backward to S and to x) for each structure, shape and number of
+rows of x, interleaved, with each folded path's paired ratio to the structured one (95 % interval),
+and shows which the layer chooses (``_folds_into_weight``, ``grads_through_dense``). For each
+structure and shape it prints the crossover, measured (where the faster folded path's ratio falls
+below 1) and the layer's (from how many rows it folds): the check of ``DENSE_PASS_FLOPS`` and
+``FFT_FLOP_WEIGHT``, on which only the layer's depends.
 
     python bench/fold_rows.py --shapes 768x768 --rows 32 128 512 1024 --output bench/fold_rows.json
 """
@@ -29,7 +31,8 @@ from step_time import format_ratio, paired_ratio
 from surm_nlp import SurmConfig
 from surm_nlp.structures import STRUCTURES
 
-PATHS = ("folded", "structured")
+#: path → (folds, S's gradient through the dense ∂S)
+PATHS = {"transforms": (True, False), "dense": (True, True), "structured": (False, False)}
 
 
 def surm_layer(
@@ -42,7 +45,7 @@ def surm_layer(
 
 
 def crossover(points: list[tuple[int, float]]) -> float | None:
-    """Rows where folded/structured falls below 1 for good: between the last point at ≥ 1 and the
+    """Rows where (the faster) folded / structured falls below 1 for good: between the last point at ≥ 1 and the
     next, interpolated linearly in log ratio; None where the ratio stays on one side in the range."""
     above = [i for i, (_, ratio) in enumerate(points) if ratio >= 1]
     if not above or above[-1] == len(points) - 1:
@@ -68,27 +71,35 @@ def model_crossover(layer: torch.nn.Module, max_rows: int = 1 << 20) -> int | No
 
 
 def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) -> dict[str, object]:
-    """Median seconds of each path, folded / structured paired by round (each path first in every
-    other round) with its 95 % interval, and the layer's own choice for an input of ``rows`` rows."""
+    """Median seconds of each path, each folded path / structured paired by round (the order of the
+    paths reversed in every other round) with its 95 % interval, and the path the layer chooses for
+    an input of ``rows`` rows."""
     weight = layer.get_base_layer().weight
     x = torch.randn(rows, layer.in_features, device=weight.device, dtype=weight.dtype, requires_grad=True)
     upstream = torch.randn(rows, layer.out_features, device=weight.device, dtype=weight.dtype)
-    chooses = layer._folds_into_weight(x)
+    matrices = list(layer.surm_matrix.values())
+    if not layer._folds_into_weight(x):
+        chooses = "structured"
+    else:
+        chooses = "dense" if all(m.grads_through_dense(rows) for m in matrices) else "transforms"
     times: dict[str, list[float]] = {path: [] for path in PATHS}
     for i in range(warmup + repeats):
-        for path in PATHS[:: 1 - 2 * (i % 2)]:
-            layer._folds_into_weight = lambda _, folds=path == "folded": folds
+        for path in list(PATHS)[:: 1 - 2 * (i % 2)]:
+            folds, dense = PATHS[path]
+            layer._folds_into_weight = lambda _, folds=folds: folds
+            for matrix in matrices:
+                matrix.grads_through_dense = lambda _, dense=dense: dense
             elapsed = step(layer, x, upstream)
             if i >= warmup:
                 times[path].append(elapsed)
     del layer._folds_into_weight
-    ratio, interval = paired_ratio(times["folded"], times["structured"])
-    return {
-        **{path: statistics.median(t) for path, t in times.items()},
-        "folded_vs_structured": ratio,
-        "folded_vs_structured_ci95": interval,
-        "chooses_folded": chooses,
-    }
+    for matrix in matrices:
+        del matrix.grads_through_dense
+    row: dict[str, object] = {path: statistics.median(t) for path, t in times.items()}
+    for path in ("transforms", "dense"):
+        row[f"{path}_vs_structured"], row[f"{path}_vs_structured_ci95"] = paired_ratio(times[path], times["structured"])
+    row["folded_vs_structured"] = min(row["transforms_vs_structured"], row["dense_vs_structured"])
+    return {**row, "fastest": min(PATHS, key=row.__getitem__), "chooses": chooses}
 
 
 def format_rows(rows: float | None) -> str:
@@ -113,21 +124,23 @@ def main() -> None:
     torch.manual_seed(0)
     results, crossovers = [], []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name(args.device)}, {args.dtype}")
-    header = f"{'shape':<10} {'structure':<20} {'rows':>6} {'folded ms':>10} {'structured ms':>14}"
-    print(f"{header} {'folded/structured [95 % CI]':>28} {'faster':>11} layer")
+    header = f"{'shape':<10} {'structure':<20} {'rows':>6}" + "".join(f" {path + ' ms':>14}" for path in PATHS)
+    print(f"{header} {'transforms/structured [95 % CI]':>32} {'dense/structured [95 % CI]':>28} {'fastest':>10} layer")
     for shape in args.shapes:
         label = f"{shape[0]}x{shape[1]}"
         for structure in args.structures:
             layer = surm_layer(structure, args.rank if structure == "ldr" else None, shape, args.device, args.dtype)
             for rows in args.rows:
                 timing = bench_layer(layer, rows, args.repeats, args.warmup)
-                faster = "folded" if timing["folded_vs_structured"] < 1 else "structured"
-                chosen = "folded" if timing["chooses_folded"] else "structured"
                 results.append({"shape": label, "structure": structure, "rows": rows, **timing})
-                paired = format_ratio(timing["folded_vs_structured"], timing["folded_vs_structured_ci95"])
+                ratios = [
+                    format_ratio(timing[f"{path}_vs_structured"], timing[f"{path}_vs_structured_ci95"])
+                    for path in ("transforms", "dense")
+                ]
                 print(
-                    f"{label:<10} {structure:<20} {rows:>6} {1e3 * timing['folded']:>10.2f} "
-                    f"{1e3 * timing['structured']:>14.2f} {paired:>28} {faster:>11} {chosen}",
+                    f"{label:<10} {structure:<20} {rows:>6}"
+                    + "".join(f" {1e3 * timing[path]:>14.2f}" for path in PATHS)
+                    + f" {ratios[0]:>32} {ratios[1]:>28} {timing['fastest']:>10} {timing['chooses']}",
                     flush=True,
                 )
             points = [(row["rows"], row["folded_vs_structured"]) for row in results[-len(args.rows) :]]

@@ -73,6 +73,7 @@ TRAIN_VARIANTS: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
         f"surm-lora {s}": method_variant(Method(surm=s, rank=SURM_RANK.get(s), targets=tuple(TARGETS)))
         for s in SURM_STRUCTURES
     },
+    **{f"surm-lora ldr r={r}": method_variant(Method(surm="ldr", rank=r, targets=tuple(TARGETS))) for r in (2, 4)},
     **{
         f"surm-adapter {s}": method_variant(Method(surm=s, surm_mode="adapter", rank=SURM_RANK.get(s)))
         for s in SURM_STRUCTURES

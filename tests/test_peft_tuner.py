@@ -15,6 +15,7 @@ from tiny_models import ENCODER, tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta,
 
 from surm_nlp import STRUCTURES, SurmConfig, SurmModel, make_structure
 from surm_nlp.lora import SurmLayer
+from surm_nlp.structures import StructuredMatrix
 
 BERT_TARGETS = ["query", "value", "intermediate.dense"]  # 32×32, 32×32 and rectangular 32 → 48
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -124,9 +125,12 @@ def test_inference_folds_the_update_into_the_weight_with_the_same_result(structu
         assert not layer._folds_into_weight(x)  # training mode without gradients: no reason to fold
 
 
+@pytest.mark.parametrize("through_dense", [False, True], ids=["grads-by-transforms", "grads-through-dense"])
 @pytest.mark.parametrize("structure", STRUCTURES)
-def test_training_forward_and_gradients_equal_the_structured_product(structure):
-    """Whichever way the layer trains (folded or structured), output and gradients are the structured ones."""
+def test_training_forward_and_gradients_equal_the_structured_product(structure, through_dense, monkeypatch):
+    """Whichever way the layer trains (folded, S's gradient by its transforms or through the dense ∂S;
+    or structured), output and gradients are the structured ones."""
+    monkeypatch.setattr(StructuredMatrix, "grads_through_dense", lambda self, rows: through_dense)
     model, layer = two_adapter_layer(structure)
     model.train()
     x = torch.randn(3, 16, 32, dtype=torch.float64, requires_grad=True)  # 48 rows: folding may pay at this width
@@ -168,7 +172,7 @@ def test_folded_training_output_takes_in_place_ops_and_parameters_must_not_chang
 
 
 def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
-    """At RoBERTa-base width (768 × 768) the FFT structures train folded from 97 (Toeplitz), 214
+    """At RoBERTa-base width (768 × 768) the FFT structures train folded from 92 (Toeplitz), 214
     (circulant), 322 (LDR r=1) rows on; Kronecker and low rank, whose products are matmuls, never."""
     first_folded = {}
     for structure in STRUCTURES:
@@ -179,8 +183,8 @@ def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
         first_folded[structure] = next((x.shape[0] for x in inputs if layer._folds_into_weight(x)), None)
     assert first_folded == {
         "circulant": 214,
-        "toeplitz": 97,
-        "symmetric_toeplitz": 97,
+        "toeplitz": 92,
+        "symmetric_toeplitz": 92,
         "kronecker": None,
         "ldr": 322,
         "lowrank": None,
@@ -191,6 +195,31 @@ def test_training_folds_where_the_saved_transforms_outweigh_materialising_s():
     assert layer._folds_into_weight(x)  # rows enough to fold, and dropout is off in eval
     layer.train()
     assert not layer._folds_into_weight(x)  # dropout on the adapter input: structured
+
+
+def test_folded_training_takes_the_dense_gradient_where_the_transforms_cost_more():
+    """At 768 × 768 and a batch of 1,024 rows, LDR's gradient transforms (2 + 4r a row) outgrow the dense
+    ∂S = ∂yᵀx from displacement rank 2 on (measured: bench/fold_rows.py); the circulant family's never do."""
+    rows = 1024
+    x = torch.empty(rows, 768, device="meta")
+    for structure, rank, through_dense in [
+        ("circulant", None, False),
+        ("toeplitz", None, False),
+        ("symmetric_toeplitz", None, False),
+        ("ldr", 1, False),
+        ("ldr", 2, True),
+        ("ldr", 4, True),
+    ]:
+        config = SurmConfig(structure=structure, rank=rank, target_modules=["0"])
+        layer = get_peft_model(torch.nn.Sequential(torch.nn.Linear(768, 768)), config).base_model.model[0]
+        layer.train()
+        assert layer._folds_into_weight(x), structure
+        assert layer.surm_matrix["default"].grads_through_dense(rows) == through_dense, (structure, rank)
+    ldr = make_structure("ldr", 768, 768, rank=4)
+    first = next(rows for rows in range(1, 4097) if ldr.grads_through_dense(rows))
+    assert first == 281
+    assert ldr.parameter_grad_flops(first - 1) == (first - 1) * ldr.parameter_grad_flops_per_row
+    assert ldr.parameter_grad_flops(first) < first * ldr.parameter_grad_flops_per_row
 
 
 @pytest.mark.parametrize("structure", ["toeplitz", "kronecker", "lowrank"])

@@ -17,6 +17,7 @@ from surm_nlp.structures.fft import (
     fast_fft_size,
     negacyclic_fft,
     negacyclic_ifft,
+    toeplitz_correlation,
     toeplitz_kernel,
 )
 
@@ -372,6 +373,17 @@ def test_toeplitz_kernel_embeds_toeplitz():
         torch.testing.assert_close(f_circulant(toeplitz_kernel(t, n, size), 1.0)[:m, :n], want)
     with pytest.raises(ValueError, match="cannot hold 11 diagonals"):
         toeplitz_kernel(t, n, 10)
+
+
+@pytest.mark.parametrize(("m", "n"), [(8, 8), (7, 7), (5, 12), (12, 5), (1, 6), (6, 1), (1, 1)])
+def test_toeplitz_correlation_is_the_gradient_of_every_diagonal(m, n):
+    """∂t from length-max(m, n) circular and negacyclic correlations, against the sums along the diagonals
+    of the dense gradient Σ ∂yᵀx (float64; even and odd lengths, square and rectangular, leading dims)."""
+    torch.manual_seed(m * n)
+    x, upstream = torch.randn(2, 3, n, dtype=torch.float64), torch.randn(2, 3, m, dtype=torch.float64)
+    dense = torch.einsum("...i,...j->ij", upstream, x)
+    want = torch.stack([dense.diagonal(-d).sum() for d in range(1 - n, m)])  # t[d + n − 1], d = i − j
+    torch.testing.assert_close(toeplitz_correlation(upstream, x, m, n), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", [8, 7, 2, 1])

@@ -2,8 +2,8 @@
 
 On a plain ``nn.Linear`` the layer computes x(W₀ + αS)ᵀ, one matmul as in a merged model, from a
 few rows of x on; in training S's parameters then get their gradient from x and ∂y by the
-structure's own transforms (``WithParameterGrads``), not from a dense ∂S. Otherwise, S is applied
-with its fast structured product.
+structure's own transforms (``WithParameterGrads``), or through the dense ∂S where that is cheaper
+(``StructuredMatrix.grads_through_dense``). Otherwise, S is applied with its fast structured product.
 """
 
 from __future__ import annotations
@@ -130,11 +130,12 @@ class Linear(nn.Module, SurmLayer):
         Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the
         structured product: in inference all of it, which pays from about max(m, n)/16 rows on (a
         sequence of a few tokens, not single-token decoding); in training its forward and ∂x, as S's
-        parameters still get their gradient from x and ∂y (``parameter_grads``), which pays for the
-        FFT structures from about 100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured:
-        bench/fold_rows.py). Not in training with dropout on the adapter's input, nor where W₀ or S
-        is not a whole tensor outside its own module's forward: a quantized base, DeepSpeed ZeRO-3
-        partitions, accelerate offloading, FSDP shards.
+        parameters still get their gradient from x and ∂y (``parameter_grad_flops``: by the structure's
+        transforms or through the dense ∂S, the cheaper), which pays for the FFT structures from about
+        100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured: bench/fold_rows.py). Not in
+        training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
+        its own module's forward: a quantized base, DeepSpeed ZeRO-3 partitions, accelerate
+        offloading, FSDP shards.
         """
         base = self.get_base_layer()
         if type(base) is not nn.Linear or hasattr(base, "_hf_hook") or hasattr(base.weight, "ds_id"):
@@ -146,8 +147,8 @@ class Linear(nn.Module, SurmLayer):
         if torch.is_grad_enabled():
             no_dropout = not self.training or all(isinstance(self.surm_dropout[a], nn.Identity) for a in adapters)
             matrices = [self.surm_matrix[a] for a in adapters]
-            saved = sum(m.step_flops_per_row - m.parameter_grad_flops_per_row for m in matrices)
-            return no_dropout and rows * saved > sum(m.dense_flops for m in matrices)
+            structured = rows * sum(m.step_flops_per_row for m in matrices)
+            return no_dropout and structured > sum(m.dense_flops + m.parameter_grad_flops(rows) for m in matrices)
         return not self.training and rows >= max(self.in_features, self.out_features) // 16
 
     @staticmethod
@@ -160,17 +161,24 @@ class Linear(nn.Module, SurmLayer):
         return [adapter for adapter in self.active_adapters if adapter in self.surm_matrix]
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        base, adapters = self.get_base_layer(), self._active_surm()
-        weight = base.weight
-        for adapter in adapters:
-            with torch.no_grad():
+        """x(W₀ + Σ αS)ᵀ + b. A trained S gets its gradient the dense way, through the folded weight, where
+        that is cheaper (``grads_through_dense``), else it is detached here and ``WithParameterGrads`` gives
+        it the gradient by its own transforms."""
+        base, rows = self.get_base_layer(), x.numel() // x.shape[-1]
+        weight, by_transforms = base.weight, []
+        for adapter in self._active_surm():
+            matrix = self.surm_matrix[adapter]
+            trains = torch.is_grad_enabled() and any(p.requires_grad for p in matrix.parameters())
+            through_dense = trains and matrix.grads_through_dense(rows)
+            with torch.set_grad_enabled(through_dense):
                 delta = self.get_delta_weight(adapter).to(weight.dtype)
             weight = weight + delta
+            if trains and not through_dense:
+                by_transforms.append(adapter)
         result = nn.functional.linear(x, weight, base.bias)
-        for adapter in adapters:
+        for adapter in by_transforms:
             matrix = self.surm_matrix[adapter]
-            if any(p.requires_grad for p in matrix.parameters()) and torch.is_grad_enabled():
-                result = WithParameterGrads.apply(result, x, matrix, self.scaling[adapter], *matrix.parameters())
+            result = WithParameterGrads.apply(result, x, matrix, self.scaling[adapter], *matrix.parameters())
         return result
 
     def __repr__(self) -> str:

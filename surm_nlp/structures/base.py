@@ -79,6 +79,21 @@ class StructuredMatrix(nn.Module):
         """Work of ``parameter_grads`` per row of x, in matmul flops (by default that of the whole step)."""
         return self.step_flops_per_row
 
+    def grads_through_dense(self, rows: int) -> bool:
+        """Whether a layer that folds S into its weight gets S's parameter gradient for ``rows`` rows of x
+        more cheaply the dense way than by ``parameter_grads``: ∂S = ∂yᵀx (autograd's gradient of the
+        folded weight, 2mn matmul flops a row), then ``to_dense``'s backward (about two ``dense_flops``).
+        It does where transforms cost more than a matmul: at small widths, and for LDR of displacement
+        rank ≥ 2, whose transforms grow with the rank."""
+        return self._dense_grad_flops(rows) < rows * self.parameter_grad_flops_per_row
+
+    def parameter_grad_flops(self, rows: int) -> float:
+        """Work of S's parameter gradient for ``rows`` rows of x in a folded layer, the cheaper way's."""
+        return min(self._dense_grad_flops(rows), rows * self.parameter_grad_flops_per_row)
+
+    def _dense_grad_flops(self, rows: int) -> float:
+        return rows * 2 * self.in_features * self.out_features + 2 * self.dense_flops
+
     def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
         """∂/∂θ of Σ grad_y·S(x) for each parameter θ in ``parameters()`` order (None if frozen), not ∂x.
 

@@ -111,6 +111,26 @@ def kernel_correlation_(
     return torch.fft.irfft(correlation, n=size)
 
 
+def toeplitz_correlation(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """∂t of Σ ∂y·W(t)x for the m × n Toeplitz W[i, j] = t[i − j + n − 1]: the linear correlation
+    a_d = Σ_i ∂y_i x_(i−d) for d = −(n − 1) … m − 1 (at t[d + n − 1]), summed over the rows.
+
+    With N = max(m, n), the circular correlation of length N is a_d + a_(d−N) and the negacyclic one
+    a_d − a_(d−N) (a Toeplitz matrix is half a circulant plus half a skew-circulant), so every lag is
+    half their sum or difference: two rffts and two :func:`negacyclic_fft` of length N and no padding
+    to m + n − 1, where the zero-padded correlation takes two rffts of length ≥ m + n − 1: half the
+    transform length for square W.
+    """
+    size = max(out_features, in_features)
+    spectra = [torch.fft.rfft(grad_y, n=size), torch.fft.rfft(x, n=size)]
+    circular = kernel_correlation_(*spectra, (size,))
+    spectra = [negacyclic_fft(grad_y, size), negacyclic_fft(x, size)]
+    negacyclic = negacyclic_ifft(correlation_spectrum_(*spectra, spectra[1].shape[-1:]), size)
+    lower = circular[:out_features] + negacyclic[:out_features]  # d = 0 … m − 1
+    upper = circular[size - in_features + 1 :] - negacyclic[size - in_features + 1 :]  # d = −(n − 1) … −1
+    return torch.cat([upper, lower]).mul_(0.5)
+
+
 def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -> torch.Tensor:
     """(C(kernel) · x zero-padded to L)[..., :out_features], L = kernel.shape[-1]; O(L log L) per row of x."""
     if x.shape[-1] > kernel.shape[-1] or out_features > kernel.shape[-1]:

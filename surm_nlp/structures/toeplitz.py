@@ -5,7 +5,9 @@ Symmetric Toeplitz: W[i, j] = s[|i − j|], s has max(m, n) entries.
 
 Both are the exact (m, n) shape, no truncation: W is the top-left block of an L × L circulant
 for any L ≥ m + n − 1 (:func:`~.fft.toeplitz_kernel`), and L is rounded up to a fast FFT size
-(2^a·3^b·5^c), O(L log L) per row of x.
+(2^a·3^b·5^c), O(L log L) per row of x. The parameter gradient of a folded layer
+(``parameter_grads``) takes transforms of length max(m, n) instead where they are cheaper, as for
+square W (:func:`~.fft.toeplitz_correlation`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import fast_fft_size, toeplitz_kernel
+from .fft import fast_fft_size, fft_dtype, fft_flops, toeplitz_correlation, toeplitz_kernel
 
 
 class Toeplitz(IndexedStructuredMatrix):
@@ -37,6 +39,26 @@ class Toeplitz(IndexedStructuredMatrix):
 
     def kernel(self) -> torch.Tensor:
         return toeplitz_kernel(self.diagonals(), self.in_features, self.fft_size)
+
+    @property
+    def _correlation_flops_per_row(self) -> float:
+        """Work of :func:`~.fft.toeplitz_correlation` per row: two rffts and two negacyclic transforms of
+        length N = max(m, n), each of these one complex FFT of length N/2 (of length N for odd N)."""
+        size = max(self.in_features, self.out_features)
+        return fft_flops(size, 4 if size % 2 == 0 else 6)
+
+    @property
+    def parameter_grad_flops_per_row(self) -> float:
+        return min(self._correlation_flops_per_row, super().parameter_grad_flops_per_row)
+
+    def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
+        if not self.weight.requires_grad or self._correlation_flops_per_row >= super().parameter_grad_flops_per_row:
+            return super().parameter_grads(x, grad_y)  # by the zero-padded kernel's correlation
+        with torch.enable_grad():
+            diagonals = self.diagonals()
+        dtype = fft_dtype(diagonals, x, grad_y)
+        grad = toeplitz_correlation(grad_y.to(dtype), x.to(dtype), self.out_features, self.in_features)
+        return list(torch.autograd.grad(diagonals, [self.weight], grad.to(diagonals.dtype)))
 
 
 class SymmetricToeplitz(Toeplitz):
