@@ -36,14 +36,15 @@ from peft import C3AConfig, LoKrConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from surm_nlp.glue.methods import Method, apply_method, head_modules
-from surm_nlp.structures import STRUCTURES
+from surm_nlp.structures import STRUCTURES, StructuredMatrix
 
 TARGETS = ["query", "value"]
 SURM_STRUCTURES = [s for s in STRUCTURES if s != "lowrank"]
 SURM_RANK = {"ldr": 1}  # the structures' own options; displacement rank 1 for LDR
+Build = Callable[[torch.nn.Module], torch.nn.Module]  # adapts a model copy into one variant
 
 
-def peft_variant(config_class: type, **kwargs: object) -> Callable[[torch.nn.Module], torch.nn.Module]:
+def peft_variant(config_class: type, **kwargs: object) -> Build:
     def build(model: torch.nn.Module) -> torch.nn.Module:
         config = config_class(target_modules=TARGETS, modules_to_save=head_modules(model), **kwargs)
         return get_peft_model(model, config)
@@ -51,7 +52,7 @@ def peft_variant(config_class: type, **kwargs: object) -> Callable[[torch.nn.Mod
     return build
 
 
-def method_variant(method: Method) -> Callable[[torch.nn.Module], torch.nn.Module]:
+def method_variant(method: Method) -> Build:
     return lambda model: apply_method(model, method, "bench")
 
 
@@ -62,7 +63,7 @@ def head_only(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-TRAIN_VARIANTS: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
+TRAIN_VARIANTS: dict[str, Build] = {
     "head-only": head_only,
     "lora r=8": peft_variant(LoraConfig, r=8, lora_alpha=16),
     "lora r=1": peft_variant(LoraConfig, r=1, lora_alpha=2),
@@ -81,11 +82,32 @@ TRAIN_VARIANTS: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
 }
 
 
-def merged(build: Callable[[torch.nn.Module], torch.nn.Module]) -> Callable[[torch.nn.Module], torch.nn.Module]:
+def grads_by_transforms(build: Build) -> Build:
+    """The variant with every S's gradient in folded training by its own transforms, never through the
+    dense ∂S (``grads_through_dense``): the ablation of that choice, in the same run."""
+
+    def build_by_transforms(model: torch.nn.Module) -> torch.nn.Module:
+        model = build(model)
+        for module in model.modules():
+            if isinstance(module, StructuredMatrix):
+                module.grads_through_dense = lambda rows: False
+        return model
+
+    return build_by_transforms
+
+
+#: Asked for by name (``--variants``), not in the default set.
+TRAIN_ABLATIONS = {
+    f"{name}, grads by transforms": grads_by_transforms(TRAIN_VARIANTS[name])
+    for name in ("surm-lora ldr r=2", "surm-lora ldr r=4")
+}
+
+
+def merged(build: Build) -> Build:
     return lambda model: build(model).merge_and_unload()
 
 
-INFERENCE_VARIANTS: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
+INFERENCE_VARIANTS: dict[str, Build] = {
     "base": lambda model: model,
     "lora r=8": TRAIN_VARIANTS["lora r=8"],
     **{f"surm-lora {s}": TRAIN_VARIANTS[f"surm-lora {s}"] for s in SURM_STRUCTURES},
@@ -242,8 +264,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
-    variants = TRAIN_VARIANTS if args.mode == "train" else INFERENCE_VARIANTS
-    args.variants = args.variants or list(variants)
+    defaults = TRAIN_VARIANTS if args.mode == "train" else INFERENCE_VARIANTS
+    variants = defaults | TRAIN_ABLATIONS if args.mode == "train" else defaults
+    args.variants = args.variants or list(defaults)
     unknown = sorted(set(args.variants) - set(variants))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(variants)}")
@@ -267,14 +290,14 @@ def main() -> None:
     }  # fmt: skip
     print(json.dumps(meta))
     params = "trainable" if args.mode == "train" else "params"
-    header = f"{'variant':<30} {'median s':>9} {'/' + reference:>10} {'paired [95 % CI]':>22}"
+    header = f"{'variant':<42} {'median s':>9} {'/' + reference:>10} {'paired [95 % CI]':>22}"
     print(f"{header} {params:>11} {'peak MiB':>9} {'mem ratio':>9}")
     for name, r in rows.items():
         ratio = f"{r['vs_reference']:.3f}" if r.get("vs_reference") else "-"
         paired = format_ratio(r["paired_ratio"], r["paired_ratio_ci95"]) if "paired_ratio" in r else "-"
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
         mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
-        print(f"{name:<30} {r['median_s']:>9.3f} {ratio:>10} {paired:>22} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
+        print(f"{name:<42} {r['median_s']:>9.3f} {ratio:>10} {paired:>22} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
     if args.output:
         args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
