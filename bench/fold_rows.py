@@ -7,7 +7,7 @@ structure's own transforms from x and ∂y (``parameter_grads``: "transforms") o
 weight, the dense ∂S = ∂yᵀx and ``to_dense``'s backward ("dense"). This times the three paths of
 the real layer (forward, (y·g).sum(), backward to S and to x) for each structure, shape and number of
 rows of x, interleaved, with each folded path's paired ratio to the structured one (95 % interval),
-and shows which the layer chooses (``_folds_into_weight``, ``grads_through_dense``). For each
+and shows which the layer chooses (``_folds_into_weight``, ``_gradient_route``). For each
 structure and shape it prints the crossover, measured (where the faster folded path's ratio falls
 below 1) and the layer's (from how many rows it folds): the check of ``DENSE_PASS_FLOPS`` and
 ``FFT_FLOP_WEIGHT``, on which only the layer's depends.
@@ -31,8 +31,8 @@ from step_time import format_ratio, paired_ratio
 from surm_nlp import SurmConfig
 from surm_nlp.structures import STRUCTURES
 
-#: path → (folds, S's gradient through the dense ∂S)
-PATHS = {"transforms": (True, False), "dense": (True, True), "structured": (False, False)}
+#: "transforms" and "dense" are folded, S's gradient by its own transforms or through the dense ∂S.
+PATHS = ("transforms", "dense", "structured")
 
 
 def surm_layer(
@@ -77,24 +77,17 @@ def bench_layer(layer: torch.nn.Module, rows: int, repeats: int, warmup: int) ->
     weight = layer.get_base_layer().weight
     x = torch.randn(rows, layer.in_features, device=weight.device, dtype=weight.dtype, requires_grad=True)
     upstream = torch.randn(rows, layer.out_features, device=weight.device, dtype=weight.dtype)
-    matrices = list(layer.surm_matrix.values())
-    if not layer._folds_into_weight(x):
-        chooses = "structured"
-    else:
-        chooses = "dense" if all(m.grads_through_dense(rows) for m in matrices) else "transforms"
+    (matrix,) = layer.surm_matrix.values()
+    chooses = layer._gradient_route(matrix, rows) if layer._folds_into_weight(x) else "structured"
     times: dict[str, list[float]] = {path: [] for path in PATHS}
     for i in range(warmup + repeats):
-        for path in list(PATHS)[:: 1 - 2 * (i % 2)]:
-            folds, dense = PATHS[path]
-            layer._folds_into_weight = lambda _, folds=folds: folds
-            for matrix in matrices:
-                matrix.grads_through_dense = lambda _, dense=dense: dense
+        for path in PATHS[:: 1 - 2 * (i % 2)]:
+            layer._folds_into_weight = lambda _, folds=path != "structured": folds
+            layer._gradient_route = lambda _, __, route=path: route
             elapsed = step(layer, x, upstream)
             if i >= warmup:
                 times[path].append(elapsed)
-    del layer._folds_into_weight
-    for matrix in matrices:
-        del matrix.grads_through_dense
+    del layer._folds_into_weight, layer._gradient_route
     row: dict[str, object] = {path: statistics.median(t) for path, t in times.items()}
     for path in ("transforms", "dense"):
         row[f"{path}_vs_structured"], row[f"{path}_vs_structured_ci95"] = paired_ratio(times[path], times["structured"])

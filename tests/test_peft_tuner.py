@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -15,7 +16,6 @@ from tiny_models import ENCODER, tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta,
 
 from surm_nlp import STRUCTURES, SurmConfig, SurmModel, make_structure
 from surm_nlp.lora import SurmLayer
-from surm_nlp.structures import StructuredMatrix
 
 BERT_TARGETS = ["query", "value", "intermediate.dense"]  # 32×32, 32×32 and rectangular 32 → 48
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -125,12 +125,11 @@ def test_inference_folds_the_update_into_the_weight_with_the_same_result(structu
         assert not layer._folds_into_weight(x)  # training mode without gradients: no reason to fold
 
 
-@pytest.mark.parametrize("through_dense", [False, True], ids=["grads-by-transforms", "grads-through-dense"])
+@pytest.mark.parametrize("route", ["transforms", "dense"])
 @pytest.mark.parametrize("structure", STRUCTURES)
-def test_training_forward_and_gradients_equal_the_structured_product(structure, through_dense, monkeypatch):
+def test_training_forward_and_gradients_equal_the_structured_product(structure, route, monkeypatch):
     """Whichever way the layer trains (folded, S's gradient by its transforms or through the dense ∂S;
     or structured), output and gradients are the structured ones."""
-    monkeypatch.setattr(StructuredMatrix, "grads_through_dense", lambda self, rows: through_dense)
     model, layer = two_adapter_layer(structure)
     model.train()
     x = torch.randn(3, 16, 32, dtype=torch.float64, requires_grad=True)  # 48 rows: folding may pay at this width
@@ -140,11 +139,14 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure, 
     for adapters, folds in ((["default", "second"], True), (["default"], structure not in ("kronecker", "lowrank"))):
         model.base_model.set_adapter(adapters)
         assert layer._folds_into_weight(x) == folds
+        monkeypatch.setattr(layer, "_folds_into_weight", lambda _, folds=folds: folds)
+        monkeypatch.setattr(layer, "_gradient_route", lambda matrix, rows: route)  # every S, when folded
         trained = [x, *(p for p in layer.surm_matrix.parameters() if p.requires_grad)]
         results = []
         for forward in (layer, lambda x: structured_forward(layer, x)):
             output = forward(x)
             results.append((output, torch.autograd.grad((output * upstream).sum(), trained)))
+        monkeypatch.undo()
         (got, got_grads), (want, want_grads) = results
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         for g, w in zip(got_grads, want_grads, strict=True):
@@ -214,12 +216,36 @@ def test_folded_training_takes_the_dense_gradient_where_the_transforms_cost_more
         layer = get_peft_model(torch.nn.Sequential(torch.nn.Linear(768, 768)), config).base_model.model[0]
         layer.train()
         assert layer._folds_into_weight(x), structure
-        assert layer.surm_matrix["default"].grads_through_dense(rows) == through_dense, (structure, rank)
+        route = layer._gradient_route(layer.surm_matrix["default"], rows)
+        assert route == ("dense" if through_dense else "transforms"), (structure, rank)
     ldr = make_structure("ldr", 768, 768, rank=4)
-    first = next(rows for rows in range(1, 4097) if ldr.grads_through_dense(rows))
-    assert first == 281
-    assert ldr.parameter_grad_flops(first - 1) == (first - 1) * ldr.parameter_grad_flops_per_row
-    assert ldr.parameter_grad_flops(first) < first * ldr.parameter_grad_flops_per_row
+    assert next(rows for rows in range(1, 4097) if ldr.grads_through_dense(rows)) == 281
+    # a bf16 weight would round ∂S = ∂yᵀx to bf16: S keeps its float32 gradient by transforms there
+    layer.to(torch.bfloat16).surm_matrix.float()
+    assert layer._gradient_route(layer.surm_matrix["default"], rows) == "transforms"
+    layer.surm_matrix["default"].requires_grad_(False)
+    assert layer._gradient_route(layer.surm_matrix["default"], rows) == "none"  # frozen: no gradient to pay for
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_folded_training_on_a_half_precision_weight_keeps_a_float32_gradient(dtype):
+    """At 256 wide and 2,048 rows the dense ∂S would pay, but a bf16/fp16 weight would round ∂S = ∂yᵀx to
+    half precision (about 1e-3 relative error): S's gradient comes by its transforms instead, as exact as
+    float32, against a float64 reference from the same half-precision inputs."""
+    torch.manual_seed(0)
+    config = SurmConfig(structure="ldr", rank=2, target_modules=["0"], init_weights=False)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(256, 256)).to(dtype), config)
+    layer, matrix = model.base_model.model[0], model.base_model.model[0].surm_matrix["default"]
+    model.train()
+    x, upstream = torch.randn(8, 256, 256).to(dtype), torch.randn(8, 256, 256).to(dtype)
+    assert matrix._dtype == torch.float32 and matrix.grads_through_dense(2048) and layer._folds_into_weight(x)
+    got = torch.autograd.grad((layer(x).float() * upstream.float()).sum(), list(matrix.parameters()))
+    reference = copy.deepcopy(matrix).double()
+    want = torch.autograd.grad(
+        (reference(x.double()) * upstream.double()).sum() * layer.scaling["default"], list(reference.parameters())
+    )
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32 and (g.double() - w).norm() / w.norm() < 1e-5
 
 
 @pytest.mark.parametrize("structure", ["toeplitz", "kronecker", "lowrank"])

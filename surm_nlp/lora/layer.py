@@ -130,7 +130,7 @@ class Linear(nn.Module, SurmLayer):
         Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the
         structured product: in inference all of it, which pays from about max(m, n)/16 rows on (a
         sequence of a few tokens, not single-token decoding); in training its forward and ∂x, as S's
-        parameters still get their gradient from x and ∂y (``parameter_grad_flops``: by the structure's
+        parameters still get their gradient from x and ∂y (``_parameter_grad_flops``: by the structure's
         transforms or through the dense ∂S, the cheaper), which pays for the FFT structures from about
         100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured: bench/fold_rows.py). Not in
         training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
@@ -148,7 +148,8 @@ class Linear(nn.Module, SurmLayer):
             no_dropout = not self.training or all(isinstance(self.surm_dropout[a], nn.Identity) for a in adapters)
             matrices = [self.surm_matrix[a] for a in adapters]
             structured = rows * sum(m.step_flops_per_row for m in matrices)
-            return no_dropout and structured > sum(m.dense_flops + m.parameter_grad_flops(rows) for m in matrices)
+            folded = sum(m.dense_flops + self._parameter_grad_flops(m, rows) for m in matrices)
+            return no_dropout and structured > folded
         return not self.training and rows >= max(self.in_features, self.out_features) // 16
 
     @staticmethod
@@ -160,20 +161,34 @@ class Linear(nn.Module, SurmLayer):
         """The active adapters that this layer holds a structured matrix for."""
         return [adapter for adapter in self.active_adapters if adapter in self.surm_matrix]
 
+    def _gradient_route(self, matrix: StructuredMatrix, rows: int) -> str:
+        """How a folded S gets its parameter gradient from ``rows`` rows of x: "none" (it does not train),
+        "dense" (through the folded weight, ``grads_through_dense``) or "transforms" (its own). Dense only
+        where the weight has S's dtype: a bf16/fp16 weight's ∂S = ∂yᵀx is rounded to half precision,
+        where the transforms give S's gradient in float32."""
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in matrix.parameters()):
+            return "none"
+        same_dtype = self.get_base_layer().weight.dtype == matrix._dtype
+        return "dense" if same_dtype and matrix.grads_through_dense(rows) else "transforms"
+
+    def _parameter_grad_flops(self, matrix: StructuredMatrix, rows: int) -> float:
+        route = self._gradient_route(matrix, rows)
+        if route == "none":
+            return 0.0
+        return matrix.dense_grad_flops(rows) if route == "dense" else rows * matrix.parameter_grad_flops_per_row
+
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """x(W₀ + Σ αS)ᵀ + b. A trained S gets its gradient the dense way, through the folded weight, where
-        that is cheaper (``grads_through_dense``), else it is detached here and ``WithParameterGrads`` gives
-        it the gradient by its own transforms."""
+        that is cheaper (``_gradient_route``), else it is detached here and ``WithParameterGrads`` gives it
+        the gradient by its own transforms."""
         base, rows = self.get_base_layer(), x.numel() // x.shape[-1]
         weight, by_transforms = base.weight, []
         for adapter in self._active_surm():
-            matrix = self.surm_matrix[adapter]
-            trains = torch.is_grad_enabled() and any(p.requires_grad for p in matrix.parameters())
-            through_dense = trains and matrix.grads_through_dense(rows)
-            with torch.set_grad_enabled(through_dense):
+            route = self._gradient_route(self.surm_matrix[adapter], rows)
+            with torch.set_grad_enabled(route == "dense"):
                 delta = self.get_delta_weight(adapter).to(weight.dtype)
             weight = weight + delta
-            if trains and not through_dense:
+            if route == "transforms":
                 by_transforms.append(adapter)
         result = nn.functional.linear(x, weight, base.bias)
         for adapter in by_transforms:

@@ -63,8 +63,8 @@ class StructuredMatrix(nn.Module):
         """Work of the structured product's forward and backward per row of x, in matmul flops.
 
         FFTs count :data:`~.fft.FFT_FLOP_WEIGHT` times their flops. A layer folds S into its weight
-        where the part of it that folding saves (all but ``parameter_grad_flops_per_row``), over the
-        rows of x, costs more than ``dense_flops`` (``SurmLayer``).
+        where this, over the rows of x, costs more than ``dense_flops`` plus S's parameter gradient
+        (``parameter_grad_flops_per_row`` a row, or ``dense_grad_flops``) (``SurmLayer``).
         """
         raise NotImplementedError
 
@@ -81,17 +81,15 @@ class StructuredMatrix(nn.Module):
 
     def grads_through_dense(self, rows: int) -> bool:
         """Whether a layer that folds S into its weight gets S's parameter gradient for ``rows`` rows of x
-        more cheaply the dense way than by ``parameter_grads``: ∂S = ∂yᵀx (autograd's gradient of the
-        folded weight, 2mn matmul flops a row), then ``to_dense``'s backward (about two ``dense_flops``).
-        It does where transforms cost more than a matmul: at small widths, and for LDR of displacement
-        rank ≥ 2, whose transforms grow with the rank."""
-        return self._dense_grad_flops(rows) < rows * self.parameter_grad_flops_per_row
+        more cheaply the dense way (``dense_grad_flops``) than by ``parameter_grads``. It does where
+        transforms cost more than a matmul: at small widths, and for LDR of displacement rank ≥ 2,
+        whose transforms grow with the rank."""
+        return self.dense_grad_flops(rows) < rows * self.parameter_grad_flops_per_row
 
-    def parameter_grad_flops(self, rows: int) -> float:
-        """Work of S's parameter gradient for ``rows`` rows of x in a folded layer, the cheaper way's."""
-        return min(self._dense_grad_flops(rows), rows * self.parameter_grad_flops_per_row)
-
-    def _dense_grad_flops(self, rows: int) -> float:
+    def dense_grad_flops(self, rows: int) -> float:
+        """Work of S's parameter gradient the dense way, in matmul flops: ∂S = ∂yᵀx (autograd's gradient
+        of the folded weight, 2mn a row), then ``to_dense``'s backward (about two ``dense_flops``).
+        Several S folded into one weight share that ∂S; each is charged for it here."""
         return rows * 2 * self.in_features * self.out_features + 2 * self.dense_flops
 
     def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
