@@ -48,12 +48,18 @@ class Toeplitz(IndexedStructuredMatrix):
         return fft_flops(size, 4 if size % 2 == 0 else 6)
 
     @property
+    def _correlates_unpadded(self) -> bool:
+        """Whether ``parameter_grads`` takes :func:`~.fft.toeplitz_correlation` (cheaper for square W)
+        rather than the zero-padded kernel's correlation (cheaper for 768 × 3072)."""
+        return self._correlation_flops_per_row < super().parameter_grad_flops_per_row
+
+    @property
     def parameter_grad_flops_per_row(self) -> float:
-        return min(self._correlation_flops_per_row, super().parameter_grad_flops_per_row)
+        return self._correlation_flops_per_row if self._correlates_unpadded else super().parameter_grad_flops_per_row
 
     def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
-        if not self.weight.requires_grad or self._correlation_flops_per_row >= super().parameter_grad_flops_per_row:
-            return super().parameter_grads(x, grad_y)  # by the zero-padded kernel's correlation
+        if not self.weight.requires_grad or not self._correlates_unpadded:
+            return super().parameter_grads(x, grad_y)
         with torch.enable_grad():
             diagonals = self.diagonals()
         dtype = fft_dtype(diagonals, x, grad_y)
