@@ -5,7 +5,8 @@ This loads the structures package of another checkout (``--before``: a git workt
 before the change) beside this checkout's, builds each structure from both with the same
 parameters, and times them alternately on the same x and ∂y, each going first in every other
 round: ``parameter_grads`` (the backward of folded training), the structured forward + backward,
-and ``to_dense`` without graph. It prints the median of each and the paired ratio after / before
+``to_dense`` without graph (the forward of folded training) and with its backward (the dense ∂S
+route). It prints the median of each and the paired ratio after / before
 (the median over rounds, with its 95 % interval), and checks that both give the same results.
 
     git worktree add ../before HEAD~1
@@ -57,10 +58,16 @@ def operations(x: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[tor
         with torch.no_grad():
             return [matrix.to_dense()]
 
+    grad_dense = torch.randn(grad_y.shape[-1], x.shape[-1])
+
+    def to_dense_backward(matrix: torch.nn.Module) -> list[torch.Tensor]:  # the dense ∂S route of folded training
+        return list(torch.autograd.grad(matrix.to_dense(), list(matrix.parameters()), grad_dense))
+
     return {
         "parameter_grads": lambda matrix: matrix.parameter_grads(x, grad_y),
         "structured fwd+bwd": structured,
         "to_dense": to_dense,
+        "to_dense fwd+bwd": to_dense_backward,
     }
 
 
@@ -72,12 +79,19 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--after_matmul",
+        action="store_true",
+        help="run a (rows, 4·in) × (4·in, out) matmul before each timed call, as in a model step, where the "
+        "structure's work follows the model's matmuls (its data out of cache); slower than back-to-back calls",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     before_structures = load_structures(args.before)
     (in_features, out_features), rows = args.shape, []
     torch.manual_seed(0)
     x, grad_y = torch.randn(args.rows, in_features), torch.randn(args.rows, out_features)
+    matmul = (torch.randn(args.rows, 4 * in_features), torch.randn(4 * in_features, out_features))
     for name in args.structures:
         after = after_structures.make_structure(name, in_features, out_features, **OPTIONS.get(name, {}))
         before = before_structures.make_structure(name, in_features, out_features, **OPTIONS.get(name, {}))
@@ -89,6 +103,8 @@ def main() -> None:
             for i in range(args.warmup + args.repeats):
                 order = (("before", before), ("after", after))
                 for version, matrix in order[:: 1 - 2 * (i % 2)]:  # alternating, so that going first cancels
+                    if args.after_matmul:
+                        torch.mm(*matmul)
                     start = time.perf_counter()
                     operation(matrix)
                     if i >= args.warmup:
@@ -99,7 +115,9 @@ def main() -> None:
                 "after_ms": 1e3 * statistics.median(times["after"]), "paired_ratio": ratio,
                 "paired_ratio_ci95": interval, "max_abs_difference": difference,
             })  # fmt: skip
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rows} rows, shape {args.shape}")
+    after_matmul = ", each call after a matmul" if args.after_matmul else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rows} rows, shape {args.shape}", end="")
+    print(after_matmul)
     header = f"{'structure':<20} {'operation':<20} {'before ms':>9} {'after ms':>9}"
     print(f"{header} {'after/before [95 % CI]':>24} {'max diff':>9}")
     for r in rows:
@@ -108,7 +126,10 @@ def main() -> None:
             f"{format_ratio(r['paired_ratio'], r['paired_ratio_ci95']):>24} {r['max_abs_difference']:>9.1e}"
         )
     if args.output:
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": args.rows, "shape": args.shape}
+        meta = {
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": args.rows, "shape": args.shape,
+            "after_matmul": args.after_matmul,
+        }  # fmt: skip
         args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 

@@ -128,11 +128,17 @@ def make_batch(args: argparse.Namespace, vocab_size: int) -> dict[str, torch.Ten
     return {"input_ids": ids.to(args.device), "labels": labels.to(args.device)}
 
 
+#: The structures' own work inside a step, timed with ``--time_parts``: the folded path's S (forward) and its
+#: gradient by transforms (backward).
+PARTS = ("to_dense", "parameter_grads")
+
+
 class Runner:
     """One variant: its model, optimizer and one timed step."""
 
     def __init__(self, model: torch.nn.Module, mode: str) -> None:
         self.model, self.mode = model, mode
+        self.part_seconds = dict.fromkeys(PARTS, 0.0)
         trainable = [p for p in model.parameters() if p.requires_grad]
         counted = trainable if mode == "train" else list(model.parameters())
         self.num_params = sum(p.numel() for p in counted)  # trainable ones in training, all in inference
@@ -141,6 +147,22 @@ class Runner:
             self.optimizer = torch.optim.AdamW(trainable, lr=1e-5)
         else:
             model.eval()
+
+    def time_parts(self) -> None:
+        """Add the time of every ``PARTS`` call of the model's structured matrices to ``part_seconds``."""
+        for matrix in self.model.modules():
+            if isinstance(matrix, StructuredMatrix):
+                for part in PARTS:
+                    setattr(matrix, part, self._timed(part, getattr(matrix, part)))
+
+    def _timed(self, part: str, function: Callable) -> Callable:
+        def timed(*args: object) -> object:
+            start = time.perf_counter()
+            result = function(*args)
+            self.part_seconds[part] += time.perf_counter() - start
+            return result
+
+        return timed
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         if self.mode == "train":
@@ -162,6 +184,9 @@ def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict
     times: dict[str, list[float]] = {name: [] for name in runners}
     peak: dict[str, int] = {}
     for i in range(args.warmup + args.repeats):
+        if i == args.warmup:
+            for runner in runners.values():
+                runner.part_seconds = dict.fromkeys(PARTS, 0.0)
         for name, runner in runners.items():
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
@@ -179,6 +204,7 @@ def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict
             "params": runners[name].num_params,
             "peak_bytes": peak.get(name),
             "times_s": t,
+            **{f"{part}_ms_per_step": 1e3 * runners[name].part_seconds[part] / args.repeats for part in PARTS},
         }
         for name, t in times.items()
     }
@@ -261,6 +287,12 @@ def main() -> None:
     parser.add_argument("--memory_steps", type=int, default=3)
     parser.add_argument("--no_memory", action="store_true", help="skip the CPU peak-memory processes")
     parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--time_parts",
+        action="store_true",
+        help="also time the structures' to_dense and parameter_grads inside the steps (ms per step; on CPU only, "
+        "where the calls are synchronous)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
@@ -274,6 +306,11 @@ def main() -> None:
         return memory_child(args, variants)
 
     runners = build_runners(args, variants)
+    if args.time_parts:
+        if args.device.startswith("cuda"):
+            parser.error("--time_parts times CPU calls; on CUDA they return before the kernels finish")
+        for runner in runners.values():
+            runner.time_parts()
     batch = make_batch(args, next(iter(runners.values())).model.config.vocab_size)
     rows = time_steps(args, runners, batch)
     del runners
@@ -298,6 +335,10 @@ def main() -> None:
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
         mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
         print(f"{name:<42} {r['median_s']:>9.3f} {ratio:>10} {paired:>22} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
+    if args.time_parts:
+        print(f"{'variant':<42} " + " ".join(f"{part + ' ms/step':>24}" for part in PARTS))
+        for name, r in rows.items():
+            print(f"{name:<42} " + " ".join(f"{r[part + '_ms_per_step']:>24.1f}" for part in PARTS))
     if args.output:
         args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 

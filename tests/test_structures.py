@@ -304,6 +304,24 @@ def test_circulant_matmul_matches_dense_with_gradients(kernel_shape, x_shape):
     assert torch.autograd.gradcheck(lambda k, v: circulant_matmul(k, v, out_features), (kernel, x))
 
 
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_first_use_in_inference_mode_then_training(name):
+    """What the FFT code caches (twists, LDR's mask) is made in inference mode by an evaluation that comes first;
+    a later training step still gets the exact gradients."""
+    s = make_structure(name, 30, 30, **OPTIONS.get(name, {})).double()  # a size no other test caches
+    x = torch.randn(4, 30, dtype=torch.float64)
+    with torch.inference_mode():
+        s(x), s.to_dense()
+    weights = torch.randn(30, 30, dtype=torch.float64)
+    ((s(x) * weights[0]).sum() + (s.to_dense() * weights).sum()).backward()
+    fast = [p.grad.clone() for p in s.parameters()]
+    s.zero_grad()
+    dense = reference_dense(s)
+    ((x @ dense.T * weights[0]).sum() + (dense * weights).sum()).backward()
+    for got, want in zip(fast, [p.grad for p in s.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "kronecker", "ldr"])
 def test_structures_save_only_x_of_batch_size(name):
     """Backward memory: x itself (shared with the base layer), no spectrum of x and no intermediate like A X."""

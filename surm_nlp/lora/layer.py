@@ -57,8 +57,11 @@ class SurmLayer(BaseTunerLayer):
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """α·S as a dense tensor in the base weight's layout ((in, out) when fan_in_fan_out)."""
-        delta = self.surm_matrix[adapter].to_dense() * self.scaling[adapter]
-        return transpose(delta, self.fan_in_fan_out)
+        return self._dense_structure(adapter) * self.scaling[adapter]
+
+    def _dense_structure(self, adapter: str) -> torch.Tensor:
+        """S, without α, as a dense tensor in the base weight's layout."""
+        return transpose(self.surm_matrix[adapter].to_dense(), self.fan_in_fan_out)
 
     def _merge_params(self, adapter: str) -> list[nn.Parameter]:
         """The base weight and S's parameters: what a merge reads and writes (gathered under ZeRO-3)."""
@@ -186,8 +189,8 @@ class Linear(nn.Module, SurmLayer):
         for adapter in self._active_surm():
             route = self._gradient_route(self.surm_matrix[adapter], rows)
             with torch.set_grad_enabled(route == "dense"):
-                delta = self.get_delta_weight(adapter).to(weight.dtype)
-            weight = weight + delta
+                dense = self._dense_structure(adapter).to(weight.dtype)
+            weight = torch.add(weight, dense, alpha=self.scaling[adapter])  # one pass: no α·S in between
             if route == "transforms":
                 by_transforms.append(adapter)
         result = nn.functional.linear(x, weight, base.bias)

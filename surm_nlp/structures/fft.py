@@ -93,11 +93,12 @@ class CirculantMatmul(torch.autograd.Function):
 
 
 def correlation_spectrum_(spectrum: torch.Tensor, other: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Σ spectrum·conj(other), summed over the broadcast dims down to ``shape``: the spectrum of the
-    correlation of the two signals, summed over rows. Overwrites ``spectrum`` (which must have the
-    broadcast shape): the product in place needs no temporary as large as the batch, and ``other``
-    is conjugated on the fly (``linalg.vecdot`` copies a conjugate and allocates the product)."""
-    return spectrum.mul_(other.conj()).sum_to_size(shape)
+    """Σ conj(spectrum)·other, summed over the broadcast dims down to ``shape``: the spectrum of the
+    correlation of ``other``'s signal with ``spectrum``'s, summed over rows. Overwrites ``spectrum``
+    (which must have the broadcast shape): conjugated and multiplied in place, it needs no buffer as
+    large as the batch, where a product with a lazy conjugate (``other.conj()``, ``linalg.vecdot``)
+    first copies that into a new one (3–4× the product's time in a profile of LDR's gradient)."""
+    return spectrum.conj_physical_().mul_(other).sum_to_size(shape)
 
 
 def kernel_correlation_(
@@ -105,10 +106,10 @@ def kernel_correlation_(
 ) -> torch.Tensor:
     """∂c of Σ ∂y·(C(c)·pad(x))[:m] from the rffts of ∂y and x: ∂c[s] = Σ_i ∂y_i x_(i−s) mod L, a correlation
     summed over the dims that c is broadcast along (every row of x for one kernel of shape (L,)).
-    Overwrites ``grad_spectrum``."""
+    Overwrites ``grad_spectrum``, which has the broadcast shape."""
     size = kernel_shape[-1]
     correlation = correlation_spectrum_(grad_spectrum, x_spectrum, (*kernel_shape[:-1], size // 2 + 1))
-    return torch.fft.irfft(correlation, n=size)
+    return torch.fft.irfft(correlation.conj(), n=size)
 
 
 def toeplitz_correlation(grad_y: torch.Tensor, x: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
@@ -125,7 +126,7 @@ def toeplitz_correlation(grad_y: torch.Tensor, x: torch.Tensor, out_features: in
     spectra = [torch.fft.rfft(grad_y, n=size), torch.fft.rfft(x, n=size)]
     circular = kernel_correlation_(*spectra, (size,))
     spectra = [negacyclic_fft(grad_y, size), negacyclic_fft(x, size)]
-    negacyclic = negacyclic_ifft(correlation_spectrum_(*spectra, spectra[1].shape[-1:]), size)
+    negacyclic = negacyclic_ifft(correlation_spectrum_(*spectra, spectra[1].shape[-1:]).conj(), size)
     lower = circular[:out_features] + negacyclic[:out_features]  # d = 0 … m − 1
     upper = circular[size - in_features + 1 :] - negacyclic[size - in_features + 1 :]  # d = −(n − 1) … −1
     return torch.cat([upper, lower]).mul_(0.5)

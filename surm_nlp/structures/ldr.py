@@ -16,6 +16,7 @@ One autograd Function runs the whole sum and saves only x: the r intermediate pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,19 +52,17 @@ def _ldr_grads(
     if needs_g or needs_h:
         x_spectrum = negacyclic_fft(x.to(dtype), size).unsqueeze(-2)
     if needs_g:
-        # ∂gᵢ = correlation of ∂y with uᵢ, spectrum Σ rfft(∂y)·conj(rfft(uᵢ)): the in-place sum over
-        # rfft(uᵢ)·conj(rfft(∂y)), conjugated
-        u = negacyclic_ifft(h_spectrum * x_spectrum, size)
-        grads[0] = torch.fft.irfft(
-            correlation_spectrum_(torch.fft.rfft(u), grad_spectrum, g_spectrum.shape).conj(), n=size
-        )
+        # ∂gᵢ = correlation of ∂y with uᵢ, spectrum Σ conj(rfft(uᵢ))·rfft(∂y), in place in rfft(uᵢ)
+        u_spectrum = torch.fft.rfft(negacyclic_ifft(h_spectrum * x_spectrum, size))
+        grads[0] = torch.fft.irfft(correlation_spectrum_(u_spectrum, grad_spectrum, g_spectrum.shape), n=size)
     if needs_h or needs_x:
         grad_u = torch.fft.irfft(grad_spectrum * g_spectrum.conj(), n=size)  # ∂uᵢ = C_N(gᵢ)ᵀ ∂y
         grad_u_spectrum = negacyclic_fft(grad_u, size)
         if needs_x:  # ∂x = Σᵢ Z₋₁(hᵢ)ᵀ ∂uᵢ
             grads[2] = negacyclic_ifft((grad_u_spectrum * h_spectrum.conj()).sum(-2), size)[..., :in_features]
         if needs_h:  # ∂hᵢ = negacyclic correlation of ∂uᵢ with x (last: it overwrites T(∂uᵢ))
-            grads[1] = negacyclic_ifft(correlation_spectrum_(grad_u_spectrum, x_spectrum, h_spectrum.shape), size)
+            correlation = correlation_spectrum_(grad_u_spectrum, x_spectrum, h_spectrum.shape).conj()
+            grads[1] = negacyclic_ifft(correlation, size)
     return [None if grad is None else grad.to(cast) for grad, cast in zip(grads, dtypes, strict=True)]
 
 
@@ -92,19 +91,24 @@ class LdrMatmul(torch.autograd.Function):
         return *grads, None
 
 
+@functools.lru_cache(maxsize=16)
+def _below_diagonal(size: int, device: torch.device) -> torch.Tensor:
+    """The bool mask a > b of an N × N matrix; cached, as FFT plans are."""
+    with torch.inference_mode(False):
+        return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
+
+
 def _diagonal_cumsum_(stacked: torch.Tensor) -> torch.Tensor:
     """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
-    square x in ``stacked[0]`` of a (2, N, N) buffer; P is returned in ``stacked[1]``.
+    square x, given in both halves of a (2, N, N) buffer; P is returned in ``stacked[1]``.
 
     With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·N + t, t < N, of
     the buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
     (a > b) and in the second on and above it.
     """
     size = stacked.shape[-1]
-    stacked[1].copy_(stacked[0])
     stacked.as_strided((size, size), (size, size + 1), size).cumsum_(1)
-    below = torch.ones(size, size, dtype=torch.bool, device=stacked.device).tril_(-1)
-    return torch.where(below, stacked[0], stacked[1], out=stacked[1])
+    return torch.where(_below_diagonal(size, stacked.device), stacked[0], stacked[1], out=stacked[1])
 
 
 class LdrDense(torch.autograd.Function):
@@ -123,15 +127,16 @@ class LdrDense(torch.autograd.Function):
         rank, size = g.shape
         stacked, right = g.new_empty(2, size, size), g.new_zeros(rank + 1, size)
         right[0, 0], right[1:, 1:] = 1, -2 * h[:, 1:].flip(-1)
-        torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
+        left = torch.cat([first_column[:, None], g.T], dim=1)
+        for half in stacked:  # F, twice: a rank-(r + 1) product costs less than a copy
+            torch.mm(left, right, out=half)
         return _diagonal_cumsum_(stacked)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, h = ctx.saved_tensors
-        stacked = grad_dense.new_empty(2, *grad_dense.shape)
-        stacked[0] = grad_dense.flip(0, 1)
+        stacked = grad_dense.flip(0, 1).expand(2, *grad_dense.shape).contiguous()
         rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
         grad_g = -2 * (rotated[:, :-1] @ h[:, 1:].T).flip(0).T
         grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (1, 0))  # h[0] enters only c
