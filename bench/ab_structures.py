@@ -16,32 +16,17 @@ route). It prints the median of each and the paired ratio after / before
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import torch
-from layer_time import OPTIONS, parse_shape
+from layer_time import OPTIONS, load_structures, parse_shape
 from step_time import format_ratio, paired_ratio
 
 from surm_nlp import structures as after_structures
-
-
-def load_structures(checkout: Path) -> ModuleType:
-    """``surm_nlp.structures`` of ``checkout``, imported as ``structures_before``."""
-    package = checkout / "surm_nlp" / "structures"
-    spec = importlib.util.spec_from_file_location(
-        "structures_before", package / "__init__.py", submodule_search_locations=[str(package)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def operations(x: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[torch.nn.Module], list[torch.Tensor]]]:

@@ -13,11 +13,14 @@ LoRA keep float32 parameters, as the tuner keeps adapters of a half-precision mo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -103,6 +106,18 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device (default: the GPU where there is one) and --dtype of the frozen weights and activations."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def load_structures(checkout: Path) -> ModuleType:
+    """``surm_nlp.structures`` of ``checkout``, imported as ``structures_before``."""
+    package = checkout / "surm_nlp" / "structures"
+    spec = importlib.util.spec_from_file_location(
+        "structures_before", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_shape(text: str) -> tuple[int, int]:

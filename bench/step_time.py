@@ -10,6 +10,11 @@ reference's step in the same round, with a 95 % confidence interval — trainabl
 
     python bench/step_time.py --output bench/step_time.json                   # training steps
     python bench/step_time.py --mode inference --output bench/inference.json  # merged / un-merged
+    python bench/step_time.py --variants "lora r=8" "surm-lora ldr" --before ../before --time_parts  # a change
+
+``--before`` runs each SURM variant also with another checkout's structures (the A/B of a change to
+them in one process); ``--time_parts`` adds the time that the structures' ``to_dense`` and
+``parameter_grads`` take inside the steps.
 
 Training step = forward, cross-entropy, backward, AdamW step. Peak memory: on CUDA the peak
 allocated memory of each variant's step; on CPU the peak resident memory of a fresh process that
@@ -29,9 +34,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import MethodType, ModuleType
 
 import torch
-from layer_time import add_device_arguments, device_name, synchronize
+from layer_time import add_device_arguments, device_name, load_structures, synchronize
 from peft import C3AConfig, LoKrConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -101,6 +107,23 @@ TRAIN_ABLATIONS = {
     f"{name}, grads by transforms": grads_by_transforms(TRAIN_VARIANTS[name])
     for name in ("surm-lora ldr r=2", "surm-lora ldr r=4")
 }
+
+
+def with_structures_of(build: Build, structures: ModuleType) -> Build:
+    """The variant with its structured matrices' ``forward`` and ``PARTS`` taken from another checkout's
+    ``structures`` package (``--before``): the model-level A/B of a change to them. The layer, and the
+    cost model that decides folding, stay this checkout's."""
+
+    def build_before(model: torch.nn.Module) -> torch.nn.Module:
+        model = build(model)
+        for matrix in model.modules():
+            if isinstance(matrix, StructuredMatrix):
+                before = getattr(structures, type(matrix).__name__)
+                for method in ("forward", *PARTS):
+                    setattr(matrix, method, MethodType(getattr(before, method), matrix))
+        return model
+
+    return build_before
 
 
 def merged(build: Build) -> Build:
@@ -293,6 +316,13 @@ def main() -> None:
         help="also time the structures' to_dense and parameter_grads inside the steps (ms per step; on CPU only, "
         "where the calls are synchronous)",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a checkout of the code before a change to surm_nlp/structures: each SURM variant also runs as "
+        "'<variant> (before)' with that code's structured products, dense forms and parameter gradients",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
@@ -304,6 +334,12 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; choose from {list(variants)}")
     if args.memory_child:
         return memory_child(args, variants)
+    if args.before:
+        structures = load_structures(args.before)
+        changed = [name for name in args.variants if name.startswith("surm")]
+        variants |= {f"{name} (before)": with_structures_of(variants[name], structures) for name in changed}
+        args.variants += [f"{name} (before)" for name in changed]
+        args.no_memory = True  # the memory processes build variants by name, without the other checkout
 
     runners = build_runners(args, variants)
     if args.time_parts:
@@ -335,6 +371,10 @@ def main() -> None:
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
         mem_ratio = f"{r['memory_vs_reference']:.3f}" if r.get("memory_vs_reference") else "-"
         print(f"{name:<42} {r['median_s']:>9.3f} {ratio:>10} {paired:>22} {r['params']:>11,} {mem:>9} {mem_ratio:>9}")
+    for name, r in rows.items():
+        if name.endswith(" (before)"):
+            r["after_vs_before"] = paired_ratio(rows[name.removesuffix(" (before)")]["times_s"], r["times_s"])
+            print(f"{name.removesuffix(' (before)'):<42} after / before {format_ratio(*r['after_vs_before'])}")
     if args.time_parts:
         print(f"{'variant':<42} " + " ".join(f"{part + ' ms/step':>24}" for part in PARTS))
         for name, r in rows.items():

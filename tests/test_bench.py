@@ -1,4 +1,4 @@
-"""The statistics that bench/step_time.py and bench/fold_rows.py report."""
+"""The statistics that bench/step_time.py and bench/fold_rows.py report, and step_time.py's A/B of a change."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from surm_nlp.structures import make_structure
 
 BENCH = Path(__file__).parents[1] / "bench"
 
@@ -77,3 +79,18 @@ def test_model_crossover_is_the_fewest_rows_the_layer_folds_from():
     fold = [layer._folds_into_weight(torch.empty(rows, 768, device="meta")) for rows in (first - 1, first)]
     assert fold == [False, True]
     assert fold_rows.model_crossover(fold_rows.surm_layer("kronecker", None, (768, 768))) is None
+
+
+def test_with_structures_of_runs_the_other_checkouts_code():
+    """``step_time.py --before``: the variant's structured matrices run the other checkout's methods (here this
+    checkout's package loaded a second time, as ``--before`` loads one), with the same results."""
+    structures = step_time.load_structures(Path(__file__).parents[1])
+    assert structures.__name__ == "structures_before"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(make_structure("ldr", 12, 8, rank=2))
+    reference = [model[0].to_dense(), model(torch.ones(3, 12))]
+    patched = step_time.with_structures_of(lambda m: m, structures)(model)
+    for method in ("forward", *step_time.PARTS):
+        assert getattr(patched[0], method).__func__ is getattr(structures.LowDisplacementRank, method)
+    torch.testing.assert_close(patched[0].to_dense(), reference[0], rtol=0, atol=0)
+    torch.testing.assert_close(patched(torch.ones(3, 12)), reference[1], rtol=0, atol=0)

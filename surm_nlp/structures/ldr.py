@@ -127,9 +127,8 @@ class LdrDense(torch.autograd.Function):
         rank, size = g.shape
         stacked, right = g.new_empty(2, size, size), g.new_zeros(rank + 1, size)
         right[0, 0], right[1:, 1:] = 1, -2 * h[:, 1:].flip(-1)
-        left = torch.cat([first_column[:, None], g.T], dim=1)
-        for half in stacked:  # F, twice: a rank-(r + 1) product costs less than a copy
-            torch.mm(left, right, out=half)
+        torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
+        stacked[1] = stacked[0]
         return _diagonal_cumsum_(stacked)
 
     @staticmethod
