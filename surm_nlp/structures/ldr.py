@@ -93,9 +93,9 @@ class LdrMatmul(torch.autograd.Function):
 
 @functools.lru_cache(maxsize=16)
 def _below_diagonal(size: int, device: torch.device) -> torch.Tensor:
-    """The bool mask a > b of an N × N matrix; cached, as FFT plans are."""
-    with torch.inference_mode(False):
-        return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
+    """The bool mask a > b of an N × N matrix; cached, as FFT plans are (only read, never saved for a backward,
+    so one made in inference mode serves training too)."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
 
 
 def _diagonal_cumsum_(stacked: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,9 @@ class LdrDense(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, h = ctx.saved_tensors
-        stacked = grad_dense.flip(0, 1).expand(2, *grad_dense.shape).contiguous()
+        stacked = grad_dense.new_empty(2, *grad_dense.shape)
+        stacked[0] = grad_dense.flip(0, 1)
+        stacked[1] = stacked[0]
         rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
         grad_g = -2 * (rotated[:, :-1] @ h[:, 1:].T).flip(0).T
         grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (1, 0))  # h[0] enters only c
