@@ -101,8 +101,8 @@ def main() -> None:
                 "paired_ratio_ci95": interval, "max_abs_difference": difference,
             })  # fmt: skip
     after_matmul = ", each call after a matmul" if args.after_matmul else ""
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rows} rows, shape {args.shape}", end="")
-    print(after_matmul)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, {args.rows} rows, shape {args.shape}{after_matmul}")
     header = f"{'structure':<20} {'operation':<20} {'before ms':>9} {'after ms':>9}"
     print(f"{header} {'after/before [95 % CI]':>24} {'max diff':>9}")
     for r in rows:

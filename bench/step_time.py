@@ -12,9 +12,9 @@ reference's step in the same round, with a 95 % confidence interval — trainabl
     python bench/step_time.py --mode inference --output bench/inference.json  # merged / un-merged
     python bench/step_time.py --variants "lora r=8" "surm-lora ldr" --before ../before --time_parts  # a change
 
-``--before`` runs each SURM variant also with another checkout's structures (the A/B of a change to
-them in one process); ``--time_parts`` adds the time that the structures' ``to_dense`` and
-``parameter_grads`` take inside the steps.
+``--before`` runs each SURM variant (not the merged ones) also with another checkout's structures (the
+A/B of a change to them in one process); ``--time_parts`` adds the time that the structures' ``to_dense``
+and ``parameter_grads`` take inside the steps.
 
 Training step = forward, cross-entropy, backward, AdamW step. Peak memory: on CUDA the peak
 allocated memory of each variant's step; on CPU the peak resident memory of a fresh process that
@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import MethodType, ModuleType
+from types import ModuleType
 
 import torch
 from layer_time import add_device_arguments, device_name, load_structures, synchronize
@@ -110,17 +110,18 @@ TRAIN_ABLATIONS = {
 
 
 def with_structures_of(build: Build, structures: ModuleType) -> Build:
-    """The variant with its structured matrices' ``forward`` and ``PARTS`` taken from another checkout's
-    ``structures`` package (``--before``): the model-level A/B of a change to them. The layer, and the
-    cost model that decides folding, stay this checkout's."""
+    """The variant with its structured matrices running another checkout's ``structures`` package
+    (``--before``): the model-level A/B of a change to them. Each matrix becomes an instance of a class that
+    puts that checkout's class first and this one's after it, so all the structure's code (products, dense
+    forms, gradients, cost model) is the other checkout's and the layer, this checkout's, still sees a
+    ``StructuredMatrix``."""
 
     def build_before(model: torch.nn.Module) -> torch.nn.Module:
         model = build(model)
         for matrix in model.modules():
             if isinstance(matrix, StructuredMatrix):
-                before = getattr(structures, type(matrix).__name__)
-                for method in ("forward", *PARTS):
-                    setattr(matrix, method, MethodType(getattr(before, method), matrix))
+                cls = type(matrix)
+                matrix.__class__ = type(cls.__name__, (getattr(structures, cls.__name__), cls), {})
         return model
 
     return build_before
@@ -152,7 +153,7 @@ def make_batch(args: argparse.Namespace, vocab_size: int) -> dict[str, torch.Ten
 
 
 #: The structures' own work inside a step, timed with ``--time_parts``: the folded path's S (forward) and its
-#: gradient by transforms (backward).
+#: gradient by transforms (backward). Not timed: the backward of ``to_dense`` where S takes the dense ∂S route.
 PARTS = ("to_dense", "parameter_grads")
 
 
@@ -179,9 +180,9 @@ class Runner:
                     setattr(matrix, part, self._timed(part, getattr(matrix, part)))
 
     def _timed(self, part: str, function: Callable) -> Callable:
-        def timed(*args: object) -> object:
+        def timed(*args: object, **kwargs: object) -> object:
             start = time.perf_counter()
-            result = function(*args)
+            result = function(*args, **kwargs)
             self.part_seconds[part] += time.perf_counter() - start
             return result
 
@@ -227,7 +228,11 @@ def time_steps(args: argparse.Namespace, runners: dict[str, Runner], batch: dict
             "params": runners[name].num_params,
             "peak_bytes": peak.get(name),
             "times_s": t,
-            **{f"{part}_ms_per_step": 1e3 * runners[name].part_seconds[part] / args.repeats for part in PARTS},
+            **(
+                {f"{part}_ms_per_step": 1e3 * runners[name].part_seconds[part] / args.repeats for part in PARTS}
+                if args.time_parts
+                else {}
+            ),
         }
         for name, t in times.items()
     }
@@ -326,8 +331,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
+    if args.time_parts and args.device.startswith("cuda"):
+        parser.error("--time_parts times CPU calls; on CUDA they return before the kernels finish")
     defaults = TRAIN_VARIANTS if args.mode == "train" else INFERENCE_VARIANTS
-    variants = defaults | TRAIN_ABLATIONS if args.mode == "train" else defaults
+    variants = defaults | TRAIN_ABLATIONS if args.mode == "train" else dict(defaults)
     args.variants = args.variants or list(defaults)
     unknown = sorted(set(args.variants) - set(variants))
     if unknown:
@@ -336,15 +343,13 @@ def main() -> None:
         return memory_child(args, variants)
     if args.before:
         structures = load_structures(args.before)
-        changed = [name for name in args.variants if name.startswith("surm")]
+        changed = [name for name in args.variants if name.startswith("surm") and not name.endswith(" merged")]
         variants |= {f"{name} (before)": with_structures_of(variants[name], structures) for name in changed}
         args.variants += [f"{name} (before)" for name in changed]
         args.no_memory = True  # the memory processes build variants by name, without the other checkout
 
     runners = build_runners(args, variants)
     if args.time_parts:
-        if args.device.startswith("cuda"):
-            parser.error("--time_parts times CPU calls; on CUDA they return before the kernels finish")
         for runner in runners.values():
             runner.time_parts()
     batch = make_batch(args, next(iter(runners.values())).model.config.vocab_size)
@@ -360,6 +365,7 @@ def main() -> None:
         "torch": torch.__version__, "device": device_name(args.device), "threads": torch.get_num_threads(),
         "mode": args.mode, "model_type": args.model_type, "batch": [args.batch_size, args.seq_len],
         "dtype": str(args.dtype), "repeats": args.repeats, "reference": reference,
+        "before": str(args.before) if args.before else None, "time_parts": args.time_parts,
     }  # fmt: skip
     print(json.dumps(meta))
     params = "trainable" if args.mode == "train" else "params"

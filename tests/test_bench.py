@@ -82,15 +82,20 @@ def test_model_crossover_is_the_fewest_rows_the_layer_folds_from():
 
 
 def test_with_structures_of_runs_the_other_checkouts_code():
-    """``step_time.py --before``: the variant's structured matrices run the other checkout's methods (here this
-    checkout's package loaded a second time, as ``--before`` loads one), with the same results."""
+    """``step_time.py --before``: the variant's structured matrices run the other checkout's code (here this
+    checkout's package loaded a second time, as ``--before`` loads one) with the same results, and the layer still
+    sees a ``StructuredMatrix``; its methods that call ``super()`` work (Toeplitz's padded gradient route)."""
     structures = step_time.load_structures(Path(__file__).parents[1])
     assert structures.__name__ == "structures_before"
     torch.manual_seed(0)
-    model = torch.nn.Sequential(make_structure("ldr", 12, 8, rank=2))
-    reference = [model[0].to_dense(), model(torch.ones(3, 12))]
+    model = torch.nn.Sequential(make_structure("ldr", 12, 8, rank=2), make_structure("toeplitz", 8, 20))
+    x, grad_y = torch.ones(3, 12), torch.randn(3, 20)
+    reference = [model[0].to_dense(), model(x), model[1].parameter_grads(model[0](x), grad_y)]
     patched = step_time.with_structures_of(lambda m: m, structures)(model)
-    for method in ("forward", *step_time.PARTS):
-        assert getattr(patched[0], method).__func__ is getattr(structures.LowDisplacementRank, method)
+    for matrix, name in zip(patched, ("LowDisplacementRank", "Toeplitz"), strict=True):
+        assert isinstance(matrix, step_time.StructuredMatrix) and type(matrix).__mro__[1] is getattr(structures, name)
+        for method in ("forward", *step_time.PARTS):
+            assert getattr(type(matrix), method) is getattr(getattr(structures, name), method)
     torch.testing.assert_close(patched[0].to_dense(), reference[0], rtol=0, atol=0)
-    torch.testing.assert_close(patched(torch.ones(3, 12)), reference[1], rtol=0, atol=0)
+    torch.testing.assert_close(patched(x), reference[1], rtol=0, atol=0)
+    torch.testing.assert_close(patched[1].parameter_grads(patched[0](x), grad_y), reference[2], rtol=0, atol=0)

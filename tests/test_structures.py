@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from surm_nlp import STRUCTURES, make_structure
 from surm_nlp.structures import STRUCTURE_CLASSES, gradient_fit_, structure_options
@@ -320,6 +321,19 @@ def test_first_use_in_inference_mode_then_training(name):
     ((x @ dense.T * weights[0]).sum() + (dense * weights).sum()).backward()
     for got, want in zip(fast, [p.grad for p in s.parameters()], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_fake_tensor_tracing_first_leaves_no_fake_constants(name):
+    """A trace with fake tensors (what torch.export and make_fx run) before the first real call: the constants the
+    FFT code caches are not taken from it (a cached fake twist or mask gave LDR silently wrong results)."""
+    s = make_structure(name, 26, 26, **OPTIONS.get(name, {})).double()  # a size no other test caches
+    x = torch.randn(3, 26, dtype=torch.float64)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        s(x), s.to_dense()
+    dense = reference_dense(s)
+    torch.testing.assert_close(s.to_dense(), dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s(x), x @ dense.T, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "kronecker", "ldr"])

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch._guards import detect_fake_mode
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 
@@ -139,9 +140,22 @@ def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -
     return CirculantMatmul.apply(kernel, x, out_features)
 
 
-@functools.lru_cache(maxsize=64)
+def cached_constant(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``functools.lru_cache`` for a constant tensor of this code (a twist, a mask), as FFT plans are cached;
+    bypassed while a fake-tensor mode traces (``torch.export``, ``make_fx``), whose fake tensors must be neither
+    cached for later real calls nor mixed with cached real ones."""
+    cached = functools.lru_cache(maxsize=64)(function)
+
+    @functools.wraps(function)
+    def constant(*key: Any) -> torch.Tensor:
+        return function(*key) if detect_fake_mode() is not None else cached(*key)
+
+    return constant
+
+
+@cached_constant
 def _twist(count: int, size: int, step: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """e^{i·step·πj/N} for j < ``count`` (N = ``size``), complex of real ``dtype``; cached, as FFT plans are."""
+    """e^{i·step·πj/N} for j < ``count`` (N = ``size``), complex of real ``dtype``."""
     with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
         angle = torch.arange(count, dtype=dtype, device=device) * (step * math.pi / size)
         return torch.polar(torch.ones_like(angle), angle)

@@ -16,7 +16,6 @@ One autograd Function runs the whole sum and saves only x: the r intermediate pr
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,15 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import DENSE_PASS_FLOPS, StructuredMatrix, require_positive_int
-from .fft import circulant_matmul, correlation_spectrum_, fft_dtype, fft_flops, negacyclic_fft, negacyclic_ifft
+from .fft import (
+    cached_constant,
+    circulant_matmul,
+    correlation_spectrum_,
+    fft_dtype,
+    fft_flops,
+    negacyclic_fft,
+    negacyclic_ifft,
+)
 
 
 def _spectra(g: torch.Tensor, h: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,22 +98,23 @@ class LdrMatmul(torch.autograd.Function):
         return *grads, None
 
 
-@functools.lru_cache(maxsize=16)
+@cached_constant
 def _below_diagonal(size: int, device: torch.device) -> torch.Tensor:
-    """The bool mask a > b of an N × N matrix; cached, as FFT plans are (only read, never saved for a backward,
-    so one made in inference mode serves training too)."""
+    """The bool mask a > b of an N × N matrix (only read, never saved for a backward, so one made in inference
+    mode serves training too)."""
     return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
 
 
 def _diagonal_cumsum_(stacked: torch.Tensor) -> torch.Tensor:
     """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
-    square x, given in both halves of a (2, N, N) buffer; P is returned in ``stacked[1]``.
+    square x in ``stacked[0]`` of a (2, N, N) buffer; P is returned in ``stacked[1]``.
 
     With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·N + t, t < N, of
     the buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
     (a > b) and in the second on and above it.
     """
     size = stacked.shape[-1]
+    stacked[1] = stacked[0]
     stacked.as_strided((size, size), (size, size + 1), size).cumsum_(1)
     return torch.where(_below_diagonal(size, stacked.device), stacked[0], stacked[1], out=stacked[1])
 
@@ -128,7 +136,6 @@ class LdrDense(torch.autograd.Function):
         stacked, right = g.new_empty(2, size, size), g.new_zeros(rank + 1, size)
         right[0, 0], right[1:, 1:] = 1, -2 * h[:, 1:].flip(-1)
         torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
-        stacked[1] = stacked[0]
         return _diagonal_cumsum_(stacked)
 
     @staticmethod
@@ -137,7 +144,6 @@ class LdrDense(torch.autograd.Function):
         g, h = ctx.saved_tensors
         stacked = grad_dense.new_empty(2, *grad_dense.shape)
         stacked[0] = grad_dense.flip(0, 1)
-        stacked[1] = stacked[0]
         rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
         grad_g = -2 * (rotated[:, :-1] @ h[:, 1:].T).flip(0).T
         grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (1, 0))  # h[0] enters only c
