@@ -190,7 +190,8 @@ class Linear(nn.Module, SurmLayer):
             route = self._gradient_route(self.surm_matrix[adapter], rows)
             with torch.set_grad_enabled(route == "dense"):
                 dense = self._dense_structure(adapter).to(weight.dtype)
-            weight = torch.add(weight, dense, alpha=self.scaling[adapter])  # one pass: no α·S in between
+            # one pass, no α·S in between; on a bf16/fp16 weight S is rounded before α, about an ulp from merge()
+            weight = torch.add(weight, dense, alpha=self.scaling[adapter])
             if route == "transforms":
                 by_transforms.append(adapter)
         result = nn.functional.linear(x, weight, base.bias)
