@@ -88,15 +88,19 @@ TRAIN_VARIANTS: dict[str, Build] = {
 }
 
 
+def structured_matrices(model: torch.nn.Module) -> list[StructuredMatrix]:
+    """The model's structured matrices, the S of every SURM layer and adapter."""
+    return [module for module in model.modules() if isinstance(module, StructuredMatrix)]
+
+
 def grads_by_transforms(build: Build) -> Build:
     """The variant with every S's gradient in folded training by its own transforms, never through the
     dense ∂S (``grads_through_dense``): the ablation of that choice, in the same run."""
 
     def build_by_transforms(model: torch.nn.Module) -> torch.nn.Module:
         model = build(model)
-        for module in model.modules():
-            if isinstance(module, StructuredMatrix):
-                module.grads_through_dense = lambda rows: False
+        for matrix in structured_matrices(model):
+            matrix.grads_through_dense = lambda rows: False
         return model
 
     return build_by_transforms
@@ -118,10 +122,9 @@ def with_structures_of(build: Build, structures: ModuleType) -> Build:
 
     def build_before(model: torch.nn.Module) -> torch.nn.Module:
         model = build(model)
-        for matrix in model.modules():
-            if isinstance(matrix, StructuredMatrix):
-                cls = type(matrix)
-                matrix.__class__ = type(cls.__name__, (getattr(structures, cls.__name__), cls), {})
+        for matrix in structured_matrices(model):
+            cls = type(matrix)
+            matrix.__class__ = type(cls.__name__, (getattr(structures, cls.__name__), cls), {})
         return model
 
     return build_before
@@ -174,10 +177,9 @@ class Runner:
 
     def time_parts(self) -> None:
         """Add the time of every ``PARTS`` call of the model's structured matrices to ``part_seconds``."""
-        for matrix in self.model.modules():
-            if isinstance(matrix, StructuredMatrix):
-                for part in PARTS:
-                    setattr(matrix, part, self._timed(part, getattr(matrix, part)))
+        for matrix in structured_matrices(self.model):
+            for part in PARTS:
+                setattr(matrix, part, self._timed(part, getattr(matrix, part)))
 
     def _timed(self, part: str, function: Callable) -> Callable:
         def timed(*args: object, **kwargs: object) -> object:
