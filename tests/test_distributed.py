@@ -71,8 +71,13 @@ def check_saved_adapter(adapter: Path, dtype: torch.dtype) -> None:
     expected = {key: value.shape for key, value in get_peft_model_state_dict(fresh).items()}
     saved = load_file(adapter / "adapter_model.safetensors")
     assert {key: value.shape for key, value in saved.items()} == expected
-    assert len({key.split(".surm_matrix")[0] for key in saved}) == ADAPTED_LAYERS
-    assert all(value.dtype == dtype for value in saved.values())
+    matrices = {key: value for key, value in saved.items() if ".surm_matrix." in key}
+    assert len({key.split(".surm_matrix")[0] for key in matrices}) == ADAPTED_LAYERS
+    assert all(value.dtype == dtype for value in matrices.values())
+    shapes = {key.removesuffix(".surm_shape"): value.tolist() for key, value in saved.items() if "surm_shape" in key}
+    modules = dict(fresh.named_modules())
+    assert {name: [modules[name].in_features, modules[name].out_features] for name in shapes} == shapes
+    assert len(shapes) == ADAPTED_LAYERS
 
 
 def logits(base: Path, dtype: torch.dtype, ids: torch.Tensor, adapter: Path | None = None) -> torch.Tensor:

@@ -125,6 +125,45 @@ def test_inference_folds_the_update_into_the_weight_with_the_same_result(structu
         assert not layer._folds_into_weight(x)  # training mode without gradients: no reason to fold
 
 
+def test_no_folding_where_the_base_layer_has_hooks_or_a_quantized_weight(monkeypatch):
+    """The folded forward calls F.linear, not the base layer: its hooks (own or global) would not run."""
+    model, layer = two_adapter_layer("circulant")
+    model.eval()
+    x = torch.randn(4, 10, 32, dtype=torch.float64)
+    seen = []
+    handle = layer.base_layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with torch.no_grad():
+        assert not layer._folds_into_weight(x)
+        torch.testing.assert_close(layer(x), structured_forward(layer, x), rtol=1e-12, atol=1e-12)
+    assert seen == [(4, 10, 48)] * 2  # in the layer and in the reference
+    handle.remove()
+    assert layer._folds_into_weight(x)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, inputs: None)
+    try:
+        assert not layer._folds_into_weight(x)
+    finally:
+        handle.remove()
+    monkeypatch.setattr(layer, "quantization_backend", object())  # torchao keeps nn.Linear, swaps the weight's type
+    assert not layer._folds_into_weight(x)
+
+
+@pytest.mark.parametrize(
+    ("shape", "first_rows"),
+    [((768, 768), {"circulant": 48, "ldr": 121}), ((1024, 4096), {"circulant": 256, "ldr": 2571})],
+)
+def test_inference_folds_ldr_from_proportionally_more_rows(shape, first_rows):
+    """From max(m, n)/16 rows for a four-pass to_dense; LDR r = 1's N × N scan (N = 4096 also for 1024 → 4096) costs
+    2.5× that at 768 × 768 and 10× at 1024 × 4096, so it folds from that many times more rows."""
+    for structure, rows in first_rows.items():
+        model = get_peft_model(
+            torch.nn.Sequential(torch.nn.Linear(*shape)), SurmConfig(structure=structure, target_modules=["0"])
+        )
+        layer = model.eval().base_model.model[0]
+        with torch.no_grad():
+            assert not layer._folds_into_weight(torch.zeros(rows - 1, shape[0]))
+            assert layer._folds_into_weight(torch.zeros(rows, shape[0]))
+
+
 @pytest.mark.parametrize("route", ["transforms", "dense"])
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_training_forward_and_gradients_equal_the_structured_product(structure, route, monkeypatch):
@@ -359,8 +398,9 @@ def test_bad_configurations():
         SurmConfig(structure="butterfly")
     with pytest.raises(ValueError, match="rank applies to the ldr and lowrank"):
         SurmConfig(structure="circulant", rank=4)
-    with pytest.raises(ValueError, match="rank must be a positive integer"):
-        get_peft_model(tiny_roberta(), SurmConfig(structure="ldr", rank=0, target_modules=["query"]))
+    for rank in (0, 2.5, True):
+        with pytest.raises(ValueError, match="rank must be a positive integer"):
+            SurmConfig(structure="ldr", rank=rank, target_modules=["query"])
     with pytest.raises(ValueError, match="not found in the base model"):
         get_peft_model(tiny_roberta(), SurmConfig(target_modules=["q_proj"]))
     with pytest.raises(TypeError, match="not supported by SURM"):
@@ -377,7 +417,28 @@ def test_loading_into_a_base_with_other_shapes_names_the_layer(structure, tmp_pa
     )
     with pytest.raises(ValueError, match=r"layer 'roberta\.encoder\.layer\.0\.attention\.self\.query' is 48→48") as err:
         PeftModel.from_pretrained(wider, tmp_path)
-    assert "checkpoint has" in str(err.value) and "load it into that model" in str(err.value)
+    assert "trained on a 32→32 layer" in str(err.value) and "load it into that model" in str(err.value)
+
+
+@pytest.mark.parametrize("structure", ["circulant", "symmetric_toeplitz", "ldr"])
+def test_loading_into_a_base_whose_layer_differs_only_in_its_shorter_side_is_an_error(structure, tmp_path):
+    """Circulant, symmetric Toeplitz and LDR have parameters of size max(m, n): an adapter of a 32 → 32 k_proj
+    has the parameter shapes of one for 32 → 16 (grouped-query attention); the saved (in, out) tells them apart.
+    A checkpoint without that record (as saved before it) falls back to the parameter shapes and still loads."""
+    llama = tiny_llama()
+    llama.config.num_key_value_heads = 4  # k_proj 32 → 32
+    full_heads = type(llama)(llama.config)
+    get_peft_model(full_heads, surm_config(structure, target_modules=["k_proj"])).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"'model\.layers\.0\.self_attn\.k_proj' is 32→16 .* trained on a 32→32 layer"):
+        PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    assert {k for k in weights if "surm_shape" in k} == {
+        f"base_model.model.model.layers.{i}.self_attn.k_proj.surm_shape" for i in range(2)
+    }
+    save_file({k: v for k, v in weights.items() if "surm_shape" not in k}, tmp_path / "adapter_model.safetensors")
+    PeftModel.from_pretrained(type(llama)(llama.config), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -266,6 +266,31 @@ def test_fit_is_least_squares(name):
         torch.testing.assert_close(error, tail.norm())
 
 
+@pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "kronecker", "lowrank"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_closed_form_fit_of_half_precision_parameters_is_computed_in_float32(name, dtype):
+    """A half-precision S fitted to a target of its own structure comes out as that target up to its own
+    rounding: the means and SVDs run in float32 (in bfloat16 a count stops at 256; SVDs need float32)."""
+    exact = build(name, 768, 768, seed=5).to(dtype)
+    target = exact.to_dense().float()
+    fitted = build(name, 768, 768).to(dtype).fit_(target)
+    error = (fitted.to_dense().float() - target).norm() / target.norm()
+    assert error < 2 * torch.finfo(dtype).eps, error
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_wrong_input_width_is_an_error_and_an_empty_batch_gives_an_empty_output(name):
+    s = build(name, 8, 12)
+    for width in (5, 10):
+        with pytest.raises(ValueError, match=rf"maps 8 → 12 features, but x has {width} in its last dimension"):
+            s(torch.randn(3, width, dtype=torch.float64))
+    x = torch.zeros(0, 8, dtype=torch.float64, requires_grad=True)
+    y = s(x)
+    assert y.shape == (0, 12)
+    y.sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in s.parameters())
+
+
 def test_fit_rejects_wrong_shape():
     with pytest.raises(ValueError, match=r"expected \(out_features, in_features\) = \(12, 8\)"):
         build("circulant", 8, 12).fit_(torch.zeros(8, 12))
@@ -456,6 +481,8 @@ def test_api_examples_from_the_docs():
         (lambda: make_structure("lowrank", 8, 8, rank=2.5), "rank must be a positive integer"),
         (lambda: make_structure("kronecker", 8, 12, factors=(5, 2)), "m1 dividing out_features=12"),
         (lambda: make_structure("kronecker", 8, 12, factors=(0, 2)), "leave factors=None"),
+        (lambda: make_structure("kronecker", 8, 12, factors=4), "must be positive integers \\(m1, n1\\)"),
+        (lambda: make_structure("kronecker", 8, 12, factors=(2, 2, 2)), "must be positive integers \\(m1, n1\\)"),
         (lambda: make_structure("circulant", 8, 8, rank=2), "its options are: none"),
         (lambda: make_structure("toeplitz", 0, 8), "in_features must be a positive integer"),
     ],

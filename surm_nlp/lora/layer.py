@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import torch
+from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
 from peft.utils.integrations import gather_params_ctx
 from peft.utils.other import transpose
@@ -20,6 +21,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..structures import StructuredMatrix, WithParameterGrads, make_structure
+from ..structures.base import DENSE_PASS_FLOPS
 from .config import SurmConfig
 
 
@@ -27,7 +29,7 @@ class SurmLayer(BaseTunerLayer):
     """Adapter state of one targeted layer: a structured matrix S, α and dropout per adapter."""
 
     adapter_layer_names = ("surm_matrix",)
-    other_param_names = ("surm_dropout", "scaling")
+    other_param_names = ("surm_dropout", "scaling", "surm_shape")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -36,6 +38,9 @@ class SurmLayer(BaseTunerLayer):
         )
         self.surm_matrix = nn.ModuleDict({})
         self.surm_dropout = nn.ModuleDict({})
+        # (in, out) of the layer, saved with the adapter: S's parameters alone may fit a layer of another shape
+        # (circulant and LDR depend on max(m, n) only), so loading into another base model checks this
+        self.surm_shape = BufferDict({}, persistent=True)
         self.scaling: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -50,6 +55,7 @@ class SurmLayer(BaseTunerLayer):
         with gather_params_ctx(matrix.parameters()):  # built inside deepspeed.zero.Init, S is already partitioned
             matrix.reset_parameters(zero_init=config.init_weights)
         self.surm_matrix[adapter_name] = matrix
+        self.surm_shape[adapter_name] = torch.tensor([self.in_features, self.out_features])
         self.surm_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scaling[adapter_name] = config.alpha
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -66,6 +72,16 @@ class SurmLayer(BaseTunerLayer):
     def _merge_params(self, adapter: str) -> list[nn.Parameter]:
         """The base weight and S's parameters: what a merge reads and writes (gathered under ZeRO-3)."""
         return [self.get_base_layer().weight, *self.surm_matrix[adapter].parameters()]
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks (its own or global ones: observers, activation capture)."""
+    own = module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks
+    shared = (
+        nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks,
+        nn.modules.module._global_backward_hooks, nn.modules.module._global_backward_pre_hooks,
+    )  # fmt: skip
+    return any(map(len, (*own, *shared)))
 
 
 class Linear(nn.Module, SurmLayer):
@@ -137,23 +153,28 @@ class Linear(nn.Module, SurmLayer):
         transforms or through the dense ∂S, the cheaper), which pays for the FFT structures from about
         100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured: bench/fold_rows.py). Not in
         training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
-        its own module's forward: a quantized base, DeepSpeed ZeRO-3 partitions, accelerate
-        offloading, FSDP shards.
+        its own module's forward: a quantized base (bitsandbytes, torchao), DeepSpeed ZeRO-3
+        partitions, accelerate offloading, FSDP shards; nor where the base layer has hooks, which
+        ``F.linear`` on the folded weight would skip.
         """
         base = self.get_base_layer()
-        if type(base) is not nn.Linear or hasattr(base, "_hf_hook") or hasattr(base.weight, "ds_id"):
+        if type(base) is not nn.Linear or self.quantization_backend is not None or _has_hooks(base):
+            return False
+        if hasattr(base, "_hf_hook") or hasattr(base.weight, "ds_id"):
             return False
         adapters = self._active_surm()
-        if not all(self._is_whole(self.surm_matrix[a]) for a in adapters):
+        if not adapters or not all(self._is_whole(self.surm_matrix[a]) for a in adapters):
             return False
-        rows = x.numel() // x.shape[-1]
+        rows, matrices = x.numel() // x.shape[-1], [self.surm_matrix[a] for a in adapters]
         if torch.is_grad_enabled():
             no_dropout = not self.training or all(isinstance(self.surm_dropout[a], nn.Identity) for a in adapters)
-            matrices = [self.surm_matrix[a] for a in adapters]
             structured = rows * sum(m.step_flops_per_row for m in matrices)
             folded = sum(m.dense_flops + self._parameter_grad_flops(m, rows) for m in matrices)
             return no_dropout and structured > folded
-        return not self.training and rows >= max(self.in_features, self.out_features) // 16
+        # Inference: from max(m, n)/16 rows for a to_dense of four passes (the default dense_flops, measured for
+        # the FFT structures), from proportionally more for a costlier one (LDR's N × N scan: 2.5× at 768 × 768).
+        passes = sum(m.dense_flops for m in matrices) / len(matrices) / (4 * DENSE_PASS_FLOPS * base.weight.numel())
+        return not self.training and rows >= max(self.in_features, self.out_features) / 16 * passes
 
     @staticmethod
     def _is_whole(matrix: nn.Module) -> bool:

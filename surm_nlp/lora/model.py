@@ -115,18 +115,26 @@ class SurmModel(BaseTuner):
 def _check_checkpoint_shapes(
     name: str, layer: SurmLayer, adapter_name: str, config: PeftConfig, state_dict: dict[str, torch.Tensor]
 ) -> None:
-    """Raise a ValueError naming the layer and both shapes when a saved S does not fit ``layer``."""
-    for param_name, param in layer.surm_matrix[adapter_name].named_parameters():
-        key = f"{name}.surm_matrix.{adapter_name}.{param_name}"
-        saved = state_dict.get(key)
-        if saved is None or saved.shape == param.shape:
-            continue
-        layer_name = name.removeprefix("base_model.model.")
-        base_name = config.base_model_name_or_path or "not named"
+    """Raise a ValueError naming the layer and both shapes when a saved adapter does not fit ``layer``: its
+    recorded (in, out) differs (``surm_shape``), or, in a checkpoint without it, a saved S's parameter shape."""
+    here = f"layer {name.removeprefix('base_model.model.')!r} is {layer.in_features}→{layer.out_features} (in→out) here"
+    base_name = config.base_model_name_or_path or "not named"
+    advice = (
+        f"The adapter was trained on a base model with other layer shapes ({base_name} in adapter_config.json); "
+        "load it into that model."
+    )
+    saved_shape = state_dict.get(f"{name}.surm_shape.{adapter_name}")
+    if saved_shape is not None and tuple(saved_shape.tolist()) != (layer.in_features, layer.out_features):
+        saved_in, saved_out = saved_shape.tolist()
         raise ValueError(
-            f"SURM adapter {adapter_name!r} does not fit this base model: layer {layer_name!r} is "
-            f"{layer.in_features}→{layer.out_features} (in→out) here, so its {config.structure} "
-            f"`{param_name}` must have shape {tuple(param.shape)}, but the checkpoint has {tuple(saved.shape)}. "
-            f"The adapter was trained on a base model with other layer shapes ({base_name} in adapter_config.json); "
-            "load it into that model."
+            f"SURM adapter {adapter_name!r} does not fit this base model: {here}, but the checkpoint's S was trained "
+            f"on a {saved_in}→{saved_out} layer. {advice}"
         )
+    for param_name, param in layer.surm_matrix[adapter_name].named_parameters():
+        saved = state_dict.get(f"{name}.surm_matrix.{adapter_name}.{param_name}")
+        if saved is not None and saved.shape != param.shape:
+            raise ValueError(
+                f"SURM adapter {adapter_name!r} does not fit this base model: {here}, so its {config.structure} "
+                f"`{param_name}` must have shape {tuple(param.shape)}, but the checkpoint has {tuple(saved.shape)}. "
+                f"{advice}"
+            )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import IndexedStructuredMatrix, StructuredMatrix, WithParameterGrads, gradient_fit_
+from .base import IndexedStructuredMatrix, StructuredMatrix, WithParameterGrads, gradient_fit_, require_positive_int
 from .circulant import Circulant
 from .kronecker import Kronecker
 from .ldr import LowDisplacementRank
@@ -47,7 +47,7 @@ def rank_options(name: str, rank: int | None) -> dict[str, int]:
         return {}
     if "rank" not in structure_options(name):
         raise ValueError(f"rank applies to the ldr and lowrank structures, not to {name!r}; unset it")
-    return {"rank": rank}
+    return {"rank": require_positive_int("rank", rank)}
 
 
 def make_structure(name: str, in_features: int, out_features: int, **options: object) -> StructuredMatrix:

@@ -28,7 +28,7 @@ DENSE_PASS_FLOPS = 50.0
 class StructuredMatrix(nn.Module):
     """A structured matrix W of shape (out_features, in_features) applied as y = x Wᵀ.
 
-    Subclasses define ``forward`` (the fast mat-vec), ``reset_parameters``, ``to_dense``,
+    Subclasses define ``product`` (the fast mat-vec), ``reset_parameters``, ``to_dense``,
     ``step_flops_per_row``, where a closed form exists ``fit_``, and where the parameter half of the
     backward is cheaper than the whole step ``parameter_grads`` (with its cost). Rectangular shapes
     are handled by each subclass; the FFT-based ones embed W as the top-left (m, n) block of an
@@ -53,9 +53,25 @@ class StructuredMatrix(nn.Module):
         """
         raise NotImplementedError
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x Wᵀ for x of shape (..., in_features), by ``product``."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__} maps {self.in_features} → {self.out_features} features, but x has "
+                f"{x.shape[-1]} in its last dimension (shape {tuple(x.shape)})"
+            )
+        if x.numel() == 0:  # no rows, which FFT backends reject: the dense product, with zero gradients
+            dense = self.to_dense()
+            return (x.to(dense.dtype) @ dense.T).to(x.dtype)
+        return self.product(x)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """The structure's fast x Wᵀ for x (..., in_features) with at least one row."""
+        raise NotImplementedError
+
     def to_dense(self) -> torch.Tensor:
-        """W as a dense (out_features, in_features) tensor in O(mn) work (times the rank for ldr,
-        lowrank), differentiable w.r.t. the parameters."""
+        """W as a dense (out_features, in_features) tensor, differentiable w.r.t. the parameters: O(mn)
+        work (times the rank for lowrank), O(r·N²) for ldr (N = max(m, n))."""
         raise NotImplementedError
 
     @property
@@ -96,12 +112,12 @@ class StructuredMatrix(nn.Module):
         """∂/∂θ of Σ grad_y·S(x) for each parameter θ in ``parameters()`` order (None if frozen), not ∂x.
 
         What S's parameters get in a layer that folds S into its weight (:class:`WithParameterGrads`).
-        This default differentiates ``forward``; FFT structures run only the parameter half of their
+        This default differentiates ``product``; FFT structures run only the parameter half of their
         backward.
         """
         trainable = [p for p in self.parameters() if p.requires_grad]
         with torch.enable_grad():
-            grads = iter(torch.autograd.grad(self(x.detach()), trainable, grad_y, allow_unused=True))
+            grads = iter(torch.autograd.grad(self.product(x.detach()), trainable, grad_y, allow_unused=True))
         return [next(grads) if p.requires_grad else None for p in self.parameters()]
 
     def fit_(self, target: torch.Tensor) -> StructuredMatrix:
@@ -163,7 +179,7 @@ class IndexedStructuredMatrix(StructuredMatrix):
         """c of length L with W = C(c)[:m, :n], the circulant whose product is S(x) (:func:`~.fft.circulant_matmul`)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         return circulant_matmul(self.kernel(), x, self.out_features)
 
     @property
@@ -198,9 +214,9 @@ class IndexedStructuredMatrix(StructuredMatrix):
         self._check_target(target)
         rows, cols = (torch.arange(size, device=self.weight.device) for size in (self.out_features, self.in_features))
         index = self._diagonal_positions()[rows[:, None] - cols + self.in_features - 1].flatten()
-        values = target.to(self.weight).flatten()
-        sums = torch.zeros_like(self.weight).index_add_(0, index, values)
-        counts = torch.zeros_like(self.weight).index_add_(0, index, torch.ones_like(values))
+        values = target.to(device=self.weight.device, dtype=fit_dtype(target)).flatten()
+        sums = values.new_zeros(self.weight.shape).index_add_(0, index, values)
+        counts = values.new_zeros(self.weight.shape).index_add_(0, index, torch.ones_like(values))
         self.weight.copy_(sums / counts.clamp_min(1))
         return self
 
@@ -235,6 +251,12 @@ class WithParameterGrads(torch.autograd.Function):
         x, *_ = ctx.saved_tensors  # the parameters: checked unchanged since the forward
         grads = ctx.matrix.parameter_grads(x, grad_y)
         return grad_y, None, None, None, *(None if grad is None else grad * ctx.scale for grad in grads)
+
+
+def fit_dtype(target: torch.Tensor) -> torch.dtype:
+    """float64 for a float64 target, else float32: the closed-form fits (means, SVDs) in half precision would
+    lose the target (a bfloat16 count stops at 256) or not run at all (no half-precision SVD on CPU)."""
+    return torch.promote_types(target.dtype, torch.float32)
 
 
 def gradient_fit_(

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .base import StructuredMatrix
+from .base import StructuredMatrix, fit_dtype
 
 
 def balanced_divisor(d: int) -> int:
@@ -74,16 +74,16 @@ class Kronecker(StructuredMatrix):
         super().__init__(in_features, out_features)
         if factors is None:
             factors = (balanced_divisor(out_features), balanced_divisor(in_features))
-        m1, n1 = factors
-        if not (isinstance(m1, int) and isinstance(n1, int) and m1 > 0 and n1 > 0) or (
-            out_features % m1 or in_features % n1
+        pair = isinstance(factors, (tuple, list)) and len(factors) == 2
+        if not (pair and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in factors)) or (
+            out_features % factors[0] or in_features % factors[1]
         ):
             raise ValueError(
                 f"Kronecker factors={factors!r} must be positive integers (m1, n1) with m1 dividing "
                 f"out_features={out_features} and n1 dividing in_features={in_features}; "
                 "leave factors=None to choose them automatically"
             )
-        self.factors = (m1, n1)
+        self.factors = m1, n1 = tuple(factors)
         self.weight_a = nn.Parameter(torch.empty(m1, n1))
         self.weight_b = nn.Parameter(torch.empty(out_features // m1, in_features // n1))
         self.reset_parameters()
@@ -105,7 +105,8 @@ class Kronecker(StructuredMatrix):
         """Nearest Kronecker product (Van Loan–Pitsianis): best rank-1 fit of the rearranged target."""
         self._check_target(target)
         (m1, n1), (m2, n2) = self.weight_a.shape, self.weight_b.shape
-        rearranged = target.to(self.weight_a).reshape(m1, m2, n1, n2).permute(0, 2, 1, 3)
+        target = target.to(device=self.weight_a.device, dtype=fit_dtype(target))
+        rearranged = target.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3)
         u, s, vh = torch.linalg.svd(rearranged.reshape(m1 * n1, m2 * n2), full_matrices=False)
         self.weight_a.copy_((u[:, 0] * s[0].sqrt()).reshape(m1, n1))
         self.weight_b.copy_((vh[0] * s[0].sqrt()).reshape(m2, n2))
@@ -116,7 +117,7 @@ class Kronecker(StructuredMatrix):
         (m1, n1), (m2, n2) = self.weight_a.shape, self.weight_b.shape
         return 3 * 2 * (n1 * n2 * m2 + m1 * n1 * m2)  # X Bᵀ and A T, forward and two in the backward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         y = KroneckerMatmul.apply(self.weight_a, self.weight_b, x.to(self.weight_a.dtype).reshape(-1, self.in_features))
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 

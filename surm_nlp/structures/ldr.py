@@ -197,7 +197,7 @@ class LowDisplacementRank(StructuredMatrix):
         needs = g.requires_grad, h.requires_grad, False
         return _ldr_grads(spectra, x, grad_y, needs, (g.dtype, h.dtype, x.dtype), (self.size, x.shape[-1]))[:2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         return LdrMatmul.apply(self.weight_g, self.weight_h, x, self.out_features)
 
     def extra_repr(self) -> str:

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .base import StructuredMatrix, require_positive_int
+from .base import StructuredMatrix, fit_dtype, require_positive_int
 
 
 class LowRank(StructuredMatrix):
@@ -39,7 +39,8 @@ class LowRank(StructuredMatrix):
     def fit_(self, target: torch.Tensor) -> LowRank:
         """Truncated SVD, the optimal rank-r fit (Eckart–Young)."""
         self._check_target(target)
-        u, s, vh = torch.linalg.svd(target.to(self.weight_a), full_matrices=False)
+        target = target.to(device=self.weight_a.device, dtype=fit_dtype(target))
+        u, s, vh = torch.linalg.svd(target, full_matrices=False)
         k = min(self.rank, s.numel())
         root = s[:k].sqrt()
         self.weight_a.zero_()[:k].copy_(root[:, None] * vh[:k])
@@ -50,7 +51,7 @@ class LowRank(StructuredMatrix):
     def step_flops_per_row(self) -> float:
         return 3 * 2 * self.rank * (self.in_features + self.out_features)  # forward, ∂x, ∂(A, B)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.weight_a.dtype) @ self.weight_a.T @ self.weight_b.T).to(x.dtype)
 
     def extra_repr(self) -> str:
