@@ -58,6 +58,7 @@ from surm_nlp.glue import (
     model_card,
     parameter_counts,
     push_to_hub,
+    saved_method,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class ModelArguments:
     adapter_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A trained adapter (an output_dir of this script) to evaluate or train further, not a new one."
+            "help": "A trained adapter (an output_dir of this script) to evaluate or train further, not a new one; "
+            "its method is the one saved with it (method.json), so no method flags."
         },
     )
 
@@ -117,7 +119,13 @@ class MethodArguments:
     surm_mode: str = field(default="lora", metadata={"help": "SURM-LoRA or SURM-adapter.", "choices": SURM_MODES})
     surm_rank: int | None = field(default=None, metadata={"help": "Rank of ldr/lowrank."})
     surm_alpha: float = field(default=1.0, metadata={"help": "Scaling α of ΔW = α·S (lora mode)."})
-    surm_dropout: float = field(default=0.0, metadata={"help": "Dropout on the SURM/LoRA/adapter input."})
+    surm_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout on the input of the SURM-LoRA/LoRA update; in SURM adapters and the adapter baselines "
+            "where `adapters` puts it (on the adapter's output)."
+        },
+    )
     surm_targets: str | None = field(
         default=None, metadata={"help": "Comma-separated target modules for SURM-LoRA and LoRA (default: query,value)."}
     )
@@ -148,8 +156,12 @@ def parse_args(
     parser = ArgumentParser(dataclasses, prog=os.path.basename(__file__))
     try:  # unknown flags and TrainingArguments' own checks raise ValueError
         model_args, data_args, method_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-        method = method_args.method()
+        method = trained_method(model_args.adapter_name_or_path, method_args)
         task = get_task(data_args.task_name) if data_args.task_name is not None else None
+        if task is not None:
+            data_args.task_name = task.name  # as the Hub, evaluate and the file names spell it (STS-B → stsb)
+        if data_args.glue_dir and (data_args.train_file or data_args.validation_file or data_args.test_file):
+            raise ValueError("--glue_dir reads the task's own files: drop --train_file/--validation_file/--test_file")
         if data_args.glue_dir and data_args.task_name is None:
             raise ValueError("--glue_dir needs --task_name to know which task folder to read")
         if data_args.task_name is None and not data_files(data_args):
@@ -159,6 +171,20 @@ def parse_args(
     except ValueError as error:
         parser.error(str(error))
     return parser, model_args, data_args, training_args, method, task
+
+
+def trained_method(adapter_name_or_path: str | None, method_args: MethodArguments) -> Method:
+    """The method of the flags, or, with ``--adapter_name_or_path``, the one saved with that adapter (then no
+    method flag may be given; an adapter saved without it takes the flags)."""
+    saved = saved_method(adapter_name_or_path) if adapter_name_or_path else None
+    if saved is None:
+        return method_args.method()
+    if method_args != MethodArguments():
+        raise ValueError(
+            f"--adapter_name_or_path {adapter_name_or_path} was trained with {saved.name} (its method.json): drop the "
+            "method flags (--surm, --surm_mode, --baseline, ...)"
+        )
+    return saved
 
 
 def data_files(data_args: DataTrainingArguments) -> dict[str, str]:
@@ -201,8 +227,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train and not training_args.overwrite_output_dir:
         last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is None and os.listdir(training_args.output_dir):
+            parser.error(
+                f"--output_dir {training_args.output_dir} already exists and is not empty (and holds no checkpoint to "
+                "resume from): pass another --output_dir, or --overwrite_output_dir to train into it"
+            )
         if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start over)", last_checkpoint)
+    starts_over = training_args.do_train and last_checkpoint is None and training_args.resume_from_checkpoint is None
+    stale = os.path.join(training_args.output_dir, "all_results.json")  # save_metrics merges into it
+    if starts_over and training_args.should_save and os.path.isfile(stale):
+        os.remove(stale)
     set_seed(training_args.seed)
 
     files = data_files(data_args)  # with no --task_name there are files (parse_args)
@@ -341,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     all_metrics |= counts
 
     if trainer.is_world_process_zero():
+        method.save(training_args.output_dir)
         card = model_card(model_args.model_name_or_path, data_args.task_name or "custom", method, counts, all_metrics)
         with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
             f.write(card)

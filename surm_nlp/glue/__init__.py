@@ -11,6 +11,7 @@ from .methods import (
     head_modules,
     load_trained,
     parameter_counts,
+    saved_method,
 )
 from .metrics import glue_metric, local_glue_metric
 from .tasks import GLUE_TASKS, GlueTask, get_task, is_labelled, metric_prefix
@@ -38,4 +39,5 @@ __all__ = [
     "model_card",
     "parameter_counts",
     "push_to_hub",
+    "saved_method",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import adapters
@@ -11,6 +11,7 @@ from adapters import CompacterConfig, DoubleSeqBnConfig, SeqBnConfig
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..adapter import SurmAdapterConfig
 from ..lora import SurmConfig
@@ -20,6 +21,7 @@ SURM_CHOICES = ("none", *STRUCTURES)
 SURM_MODES = ("lora", "adapter")
 BASELINES = ("full", "lora", "houlsby", "pfeiffer", "compacter", "bitfit")
 ADAPTER_BASELINES = {"houlsby": DoubleSeqBnConfig, "pfeiffer": SeqBnConfig, "compacter": CompacterConfig}
+METHOD_FILE = "method.json"  # the Method of a run, beside its saved adapter
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class Method:
             rank_options(self.surm, self.rank)  # raises on a --surm_rank the structure does not take
         if self.targets and not self.adapts_linear_layers:
             raise ValueError(f"--surm_targets applies to SURM-LoRA and LoRA, not to {self.name}: drop it")
+        if self.dropout and self.baseline in ("full", "bitfit"):
+            raise ValueError(f"--surm_dropout applies to SURM, LoRA and the adapters, not to {self.name}: drop it")
+
+    def save(self, folder: str | Path) -> None:
+        """Write the method to ``folder``/method.json, where :func:`saved_method` reads it back."""
+        (Path(folder) / METHOD_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @property
     def name(self) -> str:
@@ -70,6 +78,15 @@ class Method:
         if self.uses_adapters_library:
             return "adapter-transformers"
         return "peft" if self.surm != "none" or self.baseline == "lora" else "transformers"
+
+
+def saved_method(folder: str | Path) -> Method | None:
+    """The Method that a run saved in ``folder`` (:meth:`Method.save`), None if there is none."""
+    path = Path(folder) / METHOD_FILE
+    if not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    return Method(**fields | {"targets": tuple(fields["targets"]) if fields["targets"] else None})
 
 
 def head_modules(model: PreTrainedModel) -> list[str]:
@@ -103,7 +120,7 @@ def apply_method(model: PreTrainedModel, method: Method, adapter_name: str) -> n
         if method.surm != "none":
             config = SurmAdapterConfig(structure=method.surm, rank=method.rank, dropout=method.dropout)
         else:
-            config = ADAPTER_BASELINES[method.baseline]()
+            config = ADAPTER_BASELINES[method.baseline](dropout=method.dropout)
         adapters.init(model)
         model.add_adapter(adapter_name, config=config)
         model.train_adapter(adapter_name)  # freezes the encoder; the head stays trainable
@@ -132,14 +149,31 @@ def load_trained(model: PreTrainedModel, path: str | Path) -> nn.Module:
     """
     path = Path(path)
     config_file = path / "adapter_config.json"
-    if config_file.is_file() and "peft_type" in json.loads(config_file.read_text()):
+    is_peft = config_file.is_file() and "peft_type" in json.loads(config_file.read_text())
+    saved = [  # `adapters` saves one folder per adapter; a checkpoint folder holds a copy of the run's own
+        config.parent
+        for config in sorted(path.glob("*/adapter_config.json"))
+        if not config.parent.name.startswith(PREFIX_CHECKPOINT_DIR)
+    ]
+    if not is_peft and config_file.is_file():
+        saved = [path]
+    if (is_peft and saved) or len(saved) > 1:
+        found = ["a PEFT adapter"] * is_peft + [f"an `adapters` adapter in {folder.name}/" for folder in saved]
+        raise ValueError(f"{path} holds {' and '.join(found)}, from several runs: pass the folder of one run")
+    if is_peft:
         return PeftModel.from_pretrained(model, path, is_trainable=True)
-    saved = [path] if config_file.is_file() else sorted(config.parent for config in path.glob("*/adapter_config.json"))
     if not saved:
         raise FileNotFoundError(f"{path} holds no PEFT adapter (adapter_config.json) and no saved `adapters` adapter")
+    (folder,) = saved
+    trained_on = json.loads((folder / "adapter_config.json").read_text())
+    if trained_on.get("hidden_size") not in (None, model.config.hidden_size):
+        raise ValueError(
+            f"the adapter in {folder} was trained on {trained_on.get('model_name')} (hidden size "
+            f"{trained_on['hidden_size']}), this base model has hidden size {model.config.hidden_size}: "
+            "load it into the model it was trained on"
+        )
     adapters.init(model)
-    names = [model.load_adapter(str(folder)) for folder in saved]
-    model.train_adapter(names[0])  # freezes the encoder; the head stays trainable
+    model.train_adapter(model.load_adapter(str(folder)))  # freezes the encoder; the head stays trainable
     return model
 
 
