@@ -41,7 +41,9 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
+# into outputs/bench/ (not in git): bench/*.json are the recorded runs that bench/README.md cites
 bench: setup
-	$(PY) bench/layer_time.py --repeats 20 --output bench/layer_time.json
-	$(PY) bench/step_time.py --repeats 7 --warmup 2 --output bench/step_time.json
-	$(PY) bench/step_time.py --mode inference --repeats 10 --warmup 2 --no_memory --output bench/inference_time.json
+	mkdir -p outputs/bench
+	$(PY) bench/layer_time.py --repeats 20 --output outputs/bench/layer_time.json
+	$(PY) bench/step_time.py --repeats 7 --warmup 2 --output outputs/bench/step_time.json
+	$(PY) bench/step_time.py --mode inference --repeats 10 --warmup 2 --no_memory --output outputs/bench/inference_time.json
