@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -58,6 +60,7 @@ from surm_nlp.glue import (
     model_card,
     parameter_counts,
     push_to_hub,
+    saved_adapter_files,
     saved_method,
 )
 
@@ -178,6 +181,11 @@ def trained_method(adapter_name_or_path: str | None, method_args: MethodArgument
     method flag may be given; an adapter saved without it takes the flags)."""
     saved = saved_method(adapter_name_or_path) if adapter_name_or_path else None
     if saved is None:
+        if adapter_name_or_path and method_args == MethodArguments():
+            raise ValueError(
+                f"--adapter_name_or_path {adapter_name_or_path} has no method.json (saved by an older run_glue.py): "
+                "pass the method flags it was trained with"
+            )
         return method_args.method()
     if method_args != MethodArguments():
         raise ValueError(
@@ -235,9 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start over)", last_checkpoint)
     starts_over = training_args.do_train and last_checkpoint is None and training_args.resume_from_checkpoint is None
-    stale = os.path.join(training_args.output_dir, "all_results.json")  # save_metrics merges into it
-    if starts_over and training_args.should_save and os.path.isfile(stale):
-        os.remove(stale)
+    if starts_over and training_args.should_save:
+        adapter = model_args.adapter_name_or_path
+        loads_own = adapter is not None and Path(adapter).resolve() == Path(training_args.output_dir).resolve()
+        remove_earlier_run(training_args.output_dir, keep_adapter=loads_own)
     set_seed(training_args.seed)
 
     files = data_files(data_args)  # with no --task_name there are files (parse_args)
@@ -292,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model = apply_method(model, method, data_args.task_name or "glue")
     except (ValueError, OSError, RuntimeError) as error:  # no such model, a head of other size, no target, no adapter
         parser.error(str(error))
+    if training_args.should_save:  # beside the adapter, before any checkpoint: --adapter_name_or_path reads it
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        method.save(training_args.output_dir)
     counts = parameter_counts(model, heads)
     logger.info("trainable parameters: %(trainable_params)d, outside the task head: %(adapter_params)d", counts)
 
@@ -376,7 +388,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     all_metrics |= counts
 
     if trainer.is_world_process_zero():
-        method.save(training_args.output_dir)
         card = model_card(model_args.model_name_or_path, data_args.task_name or "custom", method, counts, all_metrics)
         with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
             f.write(card)
@@ -387,6 +398,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 push_to_hub(training_args.output_dir, repo_id, training_args.hub_token, training_args.hub_private_repo),
             )
     return all_metrics
+
+
+def remove_earlier_run(output_dir: str, keep_adapter: bool) -> None:
+    """Delete what an earlier run left in ``output_dir`` that would mix with this one's: ``all_results.json``
+    (``save_metrics`` merges into it) and, unless this run trains that adapter further, the saved adapter."""
+    folder = Path(output_dir)
+    results = [folder / "all_results.json"] if (folder / "all_results.json").is_file() else []
+    for path in [*results, *([] if keep_adapter else saved_adapter_files(folder))]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def first(dataset: Dataset, n: int | None) -> Dataset:

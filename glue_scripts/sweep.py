@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Run GLUE tasks × methods × seeds with run_glue.py, skip finished runs, and write the paper-style table and plot.
 
-Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` (weights and log, not for git) and counts as
-finished once its ``all_results.json`` holds the task's eval metrics (run_glue.py writes the train
-metrics there first). A finished run's results are copied, with its settings (the identities of
-the base model and of the task's data, the launcher and the run_glue.py arguments), to the record
+Each run is ``{runs_dir}/{task}/{method}/seed{seed}/`` (weights and log, not for git; emptied before
+a run starts there) and counts as finished once run_glue.py exits with status 0 and its
+``all_results.json`` holds the task's eval metrics (run_glue.py writes the train metrics there
+first). A finished run's results are copied, with its settings (the identities of the base model
+and of the task's data, the launcher and the run_glue.py arguments), to the record
 ``{results_dir}/glue_{name}/{task}/{method}/seed{seed}.json`` (small, kept in git): the table is
 built from the records and a run with a record is skipped, so a sweep resumes where it stopped, on
 this machine or on a fresh clone. A record made with other settings stops the sweep before it runs
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import shutil
@@ -87,6 +89,7 @@ def model_identity(model_name_or_path: str) -> str:
     return f"local folder {'/'.join(folder.resolve().parts[-2:])}, sha256 {digest.hexdigest()[:16]}"
 
 
+@functools.cache  # every record and run of a sweep asks; QQP's and MNLI's TSVs are hundreds of MB
 def data_identity(glue_dir: str | None, task: str) -> str:
     """The Hub dataset's name; a local GLUE folder as a digest of the task's TSV files (the same anywhere)."""
     if glue_dir is None:

@@ -204,8 +204,26 @@ def test_reloading_takes_the_saved_method_and_refuses_mixed_or_foreign_adapters(
     assert "trained with surm-lora-toeplitz (its method.json): drop the method flags" in error(
         tiny_model, *lora, "--surm", "circulant"
     )
+    for name, content in (("old", None), ("bad", "{}")):  # saved before method.json existed; not one of ours
+        shutil.copytree(tmp_path / "lora", tmp_path / name)
+        (tmp_path / name / "method.json").unlink()
+        if content is not None:
+            (tmp_path / name / "method.json").write_text(content)
+    assert "has no method.json (saved by an older run_glue.py): pass the method flags" in error(
+        tiny_model, "--adapter_name_or_path", str(tmp_path / "old")
+    )
+    assert "is not a method saved by run_glue.py" in error(tiny_model, "--adapter_name_or_path", str(tmp_path / "bad"))
+    # a checkpoint reloads with the run folder's method; a run into a used folder with --overwrite_output_dir
+    # replaces the earlier run's adapter (another format here) instead of mixing with it
+    checkpoints = ["--save_strategy", "steps", "--save_steps", "1", "--max_steps", "1"]
+    run(tiny_model, tmp_path / "used", *common, "--surm", "toeplitz", "--do_train", *checkpoints)
+    run(tiny_model, tmp_path / "reload", *common, "--adapter_name_or_path", str(tmp_path / "used" / "checkpoint-1"))
+    run(tiny_model, tmp_path / "used", *common, *adapter, "--do_train", "--max_steps", "1", "--overwrite_output_dir")
+    assert not (tmp_path / "used" / "adapter_config.json").exists() and (tmp_path / "used" / "rte").is_dir()
+    assert saved_method(tmp_path / "used").name == "surm-adapter-circulant"
+    run(tiny_model, tmp_path / "reload", *common, "--adapter_name_or_path", str(tmp_path / "used"))
     shutil.copytree(tmp_path / "adapter" / "rte", tmp_path / "lora" / "rte")  # a second run into the same folder
-    assert "holds a PEFT adapter and an `adapters` adapter in rte/, from several runs" in error(tiny_model, *lora)
+    assert "holds a PEFT adapter and an adapter in rte/, from several runs" in error(tiny_model, *lora)
     wider = tmp_path / "wider"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4)
@@ -327,7 +345,10 @@ def test_official_test_files_load_for_prediction(tmp_path):
         (["--task_name", "rte", "--surm", "none", "--baseline", "houlsby", "--surm_targets", "query"], "houlsby"),
         (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--adapter_name_or_path", "EMPTY"], "holds no PEFT"),
         (["--train_file", "TRAIN_CSV", "--surm", "circulant", "--output_dir", "USED"], "exists and is not empty"),
-        (["--task_name", "rte", "--glue_dir", "GLUE_DIR", "--train_file", "TRAIN_CSV", "--surm", "circulant"], "drop"),
+        (
+            ["--task_name", "rte", "--glue_dir", "GLUE_DIR", "--train_file", "TRAIN_CSV", "--surm", "toeplitz"],
+            "--glue_dir reads the task's own files",
+        ),
         (["--task_name", "rte", "--surm", "none", "--baseline", "full", "--surm_dropout", "0.1"], "not to full"),
     ],
     ids=[

@@ -6,6 +6,8 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -418,27 +420,46 @@ def test_loading_into_a_base_with_other_shapes_names_the_layer(structure, tmp_pa
     with pytest.raises(ValueError, match=r"layer 'roberta\.encoder\.layer\.0\.attention\.self\.query' is 48→48") as err:
         PeftModel.from_pretrained(wider, tmp_path)
     assert "trained on a 32→32 layer" in str(err.value) and "load it into that model" in str(err.value)
+    strip_layer_shapes(tmp_path)  # as saved before the shapes were: S's parameter shapes tell
+    with pytest.raises(ValueError, match=r"is 48→48 \(in→out\) here, so its .* but the checkpoint has") as err:
+        PeftModel.from_pretrained(wider, tmp_path)
+    assert "load it into that model" in str(err.value)
+
+
+def strip_layer_shapes(adapter: Path) -> None:
+    """Remove the layers' (in, out) from a saved adapter, as saved before they were recorded."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any(key.endswith(".surm_shape") for key in weights)
+    save_file(
+        {k: v for k, v in weights.items() if not k.endswith(".surm_shape")}, adapter / "adapter_model.safetensors"
+    )
 
 
 @pytest.mark.parametrize("structure", ["circulant", "symmetric_toeplitz", "ldr"])
 def test_loading_into_a_base_whose_layer_differs_only_in_its_shorter_side_is_an_error(structure, tmp_path):
     """Circulant, symmetric Toeplitz and LDR have parameters of size max(m, n): an adapter of a 32 → 32 k_proj
     has the parameter shapes of one for 32 → 16 (grouped-query attention); the saved (in, out) tells them apart.
-    A checkpoint without that record (as saved before it) falls back to the parameter shapes and still loads."""
+    A checkpoint without that record (as saved before it) falls back to the parameter shapes and loads without a
+    warning of the missing record."""
     llama = tiny_llama()
     llama.config.num_key_value_heads = 4  # k_proj 32 → 32
     full_heads = type(llama)(llama.config)
     get_peft_model(full_heads, surm_config(structure, target_modules=["k_proj"])).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"'model\.layers\.0\.self_attn\.k_proj' is 32→16 .* trained on a 32→32 layer"):
         PeftModel.from_pretrained(tiny_llama(), tmp_path)
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     weights = load_file(tmp_path / "adapter_model.safetensors")
-    assert {k for k in weights if "surm_shape" in k} == {
-        f"base_model.model.model.layers.{i}.self_attn.k_proj.surm_shape" for i in range(2)
+    assert {k: v.tolist() for k, v in weights.items() if "surm_shape" in k} == {
+        f"base_model.model.model.layers.{i}.self_attn.k_proj.surm_shape": [32, 32] for i in range(2)
     }
-    save_file({k: v for k, v in weights.items() if "surm_shape" not in k}, tmp_path / "adapter_model.safetensors")
-    PeftModel.from_pretrained(type(llama)(llama.config), tmp_path)
+    strip_layer_shapes(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(type(llama)(llama.config), tmp_path)
+    assert not [w for w in caught if "missing adapter keys" in str(w.message)]
 
 
 @pytest.mark.parametrize(

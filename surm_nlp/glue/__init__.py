@@ -11,6 +11,7 @@ from .methods import (
     head_modules,
     load_trained,
     parameter_counts,
+    saved_adapter_files,
     saved_method,
 )
 from .metrics import glue_metric, local_glue_metric
@@ -39,5 +40,6 @@ __all__ = [
     "model_card",
     "parameter_counts",
     "push_to_hub",
+    "saved_adapter_files",
     "saved_method",
 ]

@@ -22,6 +22,7 @@ SURM_MODES = ("lora", "adapter")
 BASELINES = ("full", "lora", "houlsby", "pfeiffer", "compacter", "bitfit")
 ADAPTER_BASELINES = {"houlsby": DoubleSeqBnConfig, "pfeiffer": SeqBnConfig, "compacter": CompacterConfig}
 METHOD_FILE = "method.json"  # the Method of a run, beside its saved adapter
+ADAPTER_CONFIG = "adapter_config.json"  # of a PEFT adapter and of an `adapters` adapter alike
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,33 @@ class Method:
 
 
 def saved_method(folder: str | Path) -> Method | None:
-    """The Method that a run saved in ``folder`` (:meth:`Method.save`), None if there is none."""
-    path = Path(folder) / METHOD_FILE
-    if not path.is_file():
+    """The Method that a run saved in ``folder`` (:meth:`Method.save`), or in the run folder of the checkpoint
+    ``folder``; None if there is none."""
+    folder = Path(folder)
+    candidates = [folder / METHOD_FILE]
+    if folder.name.startswith(PREFIX_CHECKPOINT_DIR):
+        candidates.append(folder.parent / METHOD_FILE)
+    path = next((path for path in candidates if path.is_file()), None)
+    if path is None:
         return None
-    fields = json.loads(path.read_text())
-    return Method(**fields | {"targets": tuple(fields["targets"]) if fields["targets"] else None})
+    try:
+        fields = json.loads(path.read_text())
+        return Method(**fields | {"targets": tuple(fields["targets"]) if fields.get("targets") else None})
+    except (TypeError, ValueError) as error:  # unknown or missing fields, invalid JSON or values
+        raise ValueError(f"{path} is not a method saved by run_glue.py ({error}): remove it, pass the flags") from None
+
+
+def saved_adapter_files(folder: str | Path) -> list[Path]:
+    """What a run saved as its adapter in ``folder``: PEFT's files, ``adapters``' folders (one per adapter), and the
+    method; not the checkpoints."""
+    folder = Path(folder)
+    peft_files = [folder / name for name in (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin")]
+    adapter_folders = [
+        config.parent
+        for config in sorted(folder.glob(f"*/{ADAPTER_CONFIG}"))
+        if not config.parent.name.startswith(PREFIX_CHECKPOINT_DIR)
+    ]
+    return [path for path in (*peft_files, folder / METHOD_FILE) if path.is_file()] + adapter_folders
 
 
 def head_modules(model: PreTrainedModel) -> list[str]:
@@ -148,24 +170,20 @@ def load_trained(model: PreTrainedModel, path: str | Path) -> nn.Module:
     The adapter and the task head are trainable, as after ``apply_method``: evaluate it or train it further.
     """
     path = Path(path)
-    config_file = path / "adapter_config.json"
+    config_file = path / ADAPTER_CONFIG
     is_peft = config_file.is_file() and "peft_type" in json.loads(config_file.read_text())
-    saved = [  # `adapters` saves one folder per adapter; a checkpoint folder holds a copy of the run's own
-        config.parent
-        for config in sorted(path.glob("*/adapter_config.json"))
-        if not config.parent.name.startswith(PREFIX_CHECKPOINT_DIR)
-    ]
+    saved = [file for file in saved_adapter_files(path) if file.is_dir()]  # `adapters` saves a folder per adapter
     if not is_peft and config_file.is_file():
         saved = [path]
     if (is_peft and saved) or len(saved) > 1:
-        found = ["a PEFT adapter"] * is_peft + [f"an `adapters` adapter in {folder.name}/" for folder in saved]
+        found = ["a PEFT adapter"] * is_peft + [f"an adapter in {folder.name}/" for folder in saved]
         raise ValueError(f"{path} holds {' and '.join(found)}, from several runs: pass the folder of one run")
     if is_peft:
         return PeftModel.from_pretrained(model, path, is_trainable=True)
     if not saved:
-        raise FileNotFoundError(f"{path} holds no PEFT adapter (adapter_config.json) and no saved `adapters` adapter")
+        raise FileNotFoundError(f"{path} holds no PEFT adapter ({ADAPTER_CONFIG}) and no saved `adapters` adapter")
     (folder,) = saved
-    trained_on = json.loads((folder / "adapter_config.json").read_text())
+    trained_on = json.loads((folder / ADAPTER_CONFIG).read_text())
     if trained_on.get("hidden_size") not in (None, model.config.hidden_size):
         raise ValueError(
             f"the adapter in {folder} was trained on {trained_on.get('model_name')} (hidden size "

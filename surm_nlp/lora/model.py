@@ -83,13 +83,15 @@ class SurmModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(
         cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """peft's key remapping, then a check that every SURM tensor fits its layer in this base model."""
+        """peft's key remapping, then a check that every SURM tensor fits its layer in this base model. A checkpoint
+        saved before the layers' shapes were (``surm_shape``) gets this model's, so that peft does not warn of it."""
         state_dict = super()._remap_adapter_state_dict_for_load(
             model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
         )
         for name, module in model.named_modules():
             if isinstance(module, SurmLayer) and adapter_name in module.surm_matrix:
                 _check_checkpoint_shapes(name, module, adapter_name, config, state_dict)
+                state_dict.setdefault(f"{name}.surm_shape.{adapter_name}", module.surm_shape[adapter_name])
         return state_dict
 
     @staticmethod
