@@ -68,7 +68,7 @@ class Settings:
     train_examples: int
     eval_examples: int
     max_steps: int
-    batch_size: int
+    batch_size: int  # per process: the global batch is batch_size × num_processes
     learning_rate: float  # LoRA
     surm_learning_rate: float
     target_modules: tuple[str, ...]
@@ -79,6 +79,7 @@ class Settings:
     bf16: bool = False
     gradient_checkpointing: bool = False
     load_in_4bit: bool = False
+    num_processes: int = 1  # data-parallel processes of the launch (accelerate, DeepSpeed)
 
     def vocab_size(self) -> int:
         """The base model's vocabulary: just the special tokens and the K symbols for the tiny Llama."""
@@ -322,7 +323,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, list[Run]]:
         for name in ("model_name_or_path", "num_symbols", "max_steps", "learning_rate", "surm_learning_rate", "seed")
         if getattr(args, name) is not None
     }
-    settings = dataclasses.replace(settings, load_in_4bit=args.load_in_4bit, **overrides)
+    processes = PartialState().num_processes  # a run of another global batch is not reused
+    settings = dataclasses.replace(settings, load_in_4bit=args.load_in_4bit, num_processes=processes, **overrides)
     lora_ranks = lora_ranks if args.lora_ranks is None else args.lora_ranks
     surm = surm if args.surm is None else args.surm
     runs = [Run("lora", "lowrank", r) for r in lora_ranks] + [parse_surm(spec) for spec in surm]

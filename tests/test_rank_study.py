@@ -95,6 +95,12 @@ def test_tiny_preset_smallest_runs_end_to_end_and_resumes(tmp_path, monkeypatch)
     assert rank_study.main([*argv, "--max_steps", "4"]) == report
     with pytest.raises(AssertionError, match="trained again"):  # other settings: not reused
         rank_study.main([*argv, "--max_steps", "5"])
+    record = tmp_path / "runs" / "lora_r1.json"  # as if made by a launch of two processes: another global batch
+    saved_run = json.loads(record.read_text())
+    assert saved_run["settings"]["num_processes"] == 1
+    record.write_text(json.dumps(saved_run | {"settings": saved_run["settings"] | {"num_processes": 2}}))
+    with pytest.raises(AssertionError, match="trained again"):
+        rank_study.main([*argv, "--max_steps", "4"])
 
 
 @pytest.mark.parametrize("quantized", [False, True])
