@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             model = apply_method(model, method, data_args.task_name or "glue")
     except (ValueError, OSError, RuntimeError) as error:  # no such model, a head of other size, no target, no adapter
         parser.error(str(error))
-    if training_args.should_save:  # beside the adapter, before any checkpoint: --adapter_name_or_path reads it
+    if training_args.do_train and training_args.should_save:  # beside the adapter trained here, before any checkpoint
         os.makedirs(training_args.output_dir, exist_ok=True)
         method.save(training_args.output_dir)
     counts = parameter_counts(model, heads)
