@@ -21,7 +21,6 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..structures import StructuredMatrix, WithParameterGrads, make_structure
-from ..structures.base import DENSE_PASS_FLOPS
 from .config import SurmConfig
 
 
@@ -148,9 +147,10 @@ class Linear(nn.Module, SurmLayer):
 
         Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the
         structured product: in inference all of it, which pays from about max(m, n)/16 rows on (a
-        sequence of a few tokens, not single-token decoding); in training its forward and ∂x, as S's
-        parameters still get their gradient from x and ∂y (``_parameter_grad_flops``: by the structure's
-        transforms or through the dense ∂S, the cheaper), which pays for the FFT structures from about
+        sequence of a few tokens, not single-token decoding; ``inference_fold_rows``); in training its
+        forward and ∂x, as S's parameters still get their gradient from x and ∂y
+        (``_parameter_grad_flops``: by the structure's transforms or through the dense ∂S, the
+        cheaper), which pays for the FFT structures from about
         100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured: bench/fold_rows.py). Not in
         training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
         its own module's forward: a quantized base (bitsandbytes, torchao), DeepSpeed ZeRO-3
@@ -171,10 +171,7 @@ class Linear(nn.Module, SurmLayer):
             structured = rows * sum(m.step_flops_per_row for m in matrices)
             folded = sum(m.dense_flops + self._parameter_grad_flops(m, rows) for m in matrices)
             return no_dropout and structured > folded
-        # Inference: from max(m, n)/16 rows for a to_dense of four passes (the default dense_flops, measured for
-        # the FFT structures), from proportionally more for a costlier one (LDR's N × N scan: 2.5× at 768 × 768).
-        passes = sum(m.dense_flops for m in matrices) / len(matrices) / (4 * DENSE_PASS_FLOPS * base.weight.numel())
-        return not self.training and rows >= max(self.in_features, self.out_features) / 16 * passes
+        return not self.training and rows >= sum(m.inference_fold_rows for m in matrices) / len(matrices)
 
     @staticmethod
     def _is_whole(matrix: nn.Module) -> bool:

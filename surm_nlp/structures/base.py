@@ -88,7 +88,18 @@ class StructuredMatrix(nn.Module):
     def dense_flops(self) -> float:
         """Work of ``to_dense`` and adding it to a weight, in matmul flops: about four passes over the
         m × n entries (:data:`DENSE_PASS_FLOPS` each)."""
+        return self._four_passes_flops
+
+    @property
+    def _four_passes_flops(self) -> float:
         return 4 * DENSE_PASS_FLOPS * self.in_features * self.out_features
+
+    @property
+    def inference_fold_rows(self) -> float:
+        """Rows of x from which a layer without gradients folds S into its weight (``SurmLayer``): max(m, n)/16
+        for a ``to_dense`` of four passes (measured for the FFT structures), proportionally more for a costlier
+        one (LDR's N × N scan: 2.5× at 768 × 768, 10× at 1024 × 4096)."""
+        return max(self.in_features, self.out_features) / 16 * self.dense_flops / self._four_passes_flops
 
     @property
     def parameter_grad_flops_per_row(self) -> float:
@@ -139,12 +150,16 @@ class StructuredMatrix(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def _check_target(self, target: torch.Tensor) -> None:
+    def _fit_target(self, target: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``target`` checked to be (out_features, in_features), on the parameters' device, in ``dtype`` (default:
+        float32, float64 for a float64 target: closed-form fits in half precision would lose the target, a
+        bfloat16 count stopping at 256, or not run, with no half-precision SVD on CPU)."""
         if tuple(target.shape) != (self.out_features, self.in_features):
             raise ValueError(
                 f"target has shape {tuple(target.shape)}, expected "
                 f"(out_features, in_features) = ({self.out_features}, {self.in_features})"
             )
+        return target.detach().to(device=self._device, dtype=dtype or fft_dtype(target))
 
 
 class IndexedStructuredMatrix(StructuredMatrix):
@@ -211,10 +226,9 @@ class IndexedStructuredMatrix(StructuredMatrix):
 
     @torch.no_grad()
     def fit_(self, target: torch.Tensor) -> IndexedStructuredMatrix:
-        self._check_target(target)
+        values = self._fit_target(target).flatten()
         rows, cols = (torch.arange(size, device=self.weight.device) for size in (self.out_features, self.in_features))
         index = self._diagonal_positions()[rows[:, None] - cols + self.in_features - 1].flatten()
-        values = target.to(device=self.weight.device, dtype=fit_dtype(target)).flatten()
         sums = values.new_zeros(self.weight.shape).index_add_(0, index, values)
         counts = values.new_zeros(self.weight.shape).index_add_(0, index, torch.ones_like(values))
         self.weight.copy_(sums / counts.clamp_min(1))
@@ -253,18 +267,11 @@ class WithParameterGrads(torch.autograd.Function):
         return grad_y, None, None, None, *(None if grad is None else grad * ctx.scale for grad in grads)
 
 
-def fit_dtype(target: torch.Tensor) -> torch.dtype:
-    """float64 for a float64 target, else float32: the closed-form fits (means, SVDs) in half precision would
-    lose the target (a bfloat16 count stops at 256) or not run at all (no half-precision SVD on CPU)."""
-    return torch.promote_types(target.dtype, torch.float32)
-
-
 def gradient_fit_(
     structure: StructuredMatrix, target: torch.Tensor, steps: int = 2000, lr: float = 1e-2
 ) -> StructuredMatrix:
     """Minimise ‖W − target‖_F over the parameters of ``structure`` with Adam; returns it."""
-    structure._check_target(target)
-    target = target.detach().to(device=structure._device, dtype=structure._dtype)
+    target = structure._fit_target(target, structure._dtype)
     optimizer = torch.optim.Adam(structure.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()

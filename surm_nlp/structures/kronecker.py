@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .base import StructuredMatrix, fit_dtype
+from .base import StructuredMatrix
 
 
 def balanced_divisor(d: int) -> int:
@@ -103,9 +103,8 @@ class Kronecker(StructuredMatrix):
     @torch.no_grad()
     def fit_(self, target: torch.Tensor) -> Kronecker:
         """Nearest Kronecker product (Van Loan–Pitsianis): best rank-1 fit of the rearranged target."""
-        self._check_target(target)
+        target = self._fit_target(target)
         (m1, n1), (m2, n2) = self.weight_a.shape, self.weight_b.shape
-        target = target.to(device=self.weight_a.device, dtype=fit_dtype(target))
         rearranged = target.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3)
         u, s, vh = torch.linalg.svd(rearranged.reshape(m1 * n1, m2 * n2), full_matrices=False)
         self.weight_a.copy_((u[:, 0] * s[0].sqrt()).reshape(m1, n1))

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .base import StructuredMatrix, fit_dtype, require_positive_int
+from .base import StructuredMatrix, require_positive_int
 
 
 class LowRank(StructuredMatrix):
@@ -38,8 +38,7 @@ class LowRank(StructuredMatrix):
     @torch.no_grad()
     def fit_(self, target: torch.Tensor) -> LowRank:
         """Truncated SVD, the optimal rank-r fit (Eckart–Young)."""
-        self._check_target(target)
-        target = target.to(device=self.weight_a.device, dtype=fit_dtype(target))
+        target = self._fit_target(target)
         u, s, vh = torch.linalg.svd(target, full_matrices=False)
         k = min(self.rank, s.numel())
         root = s[:k].sqrt()
