@@ -81,6 +81,20 @@ def test_model_crossover_is_the_fewest_rows_the_layer_folds_from():
     assert fold_rows.model_crossover(fold_rows.surm_layer("kronecker", None, (768, 768))) is None
 
 
+def test_inference_mode_times_both_paths_and_leaves_the_layer_as_it_was():
+    """In eval mode under no_grad the model crossover is where the layer starts folding its forward, and
+    ``bench_inference`` times both paths, reports the layer's own choice and undoes its patch."""
+    layer = fold_rows.surm_layer("circulant", None, (64, 48)).eval()
+    with torch.no_grad():
+        first = fold_rows.model_crossover(layer)
+        fold = [layer._folds_into_weight(torch.empty(rows, 64, device="meta")) for rows in (first - 1, first)]
+        timing = fold_rows.bench_inference(layer, first, repeats=2, warmup=0)
+    assert first > 1 and fold == [False, True]
+    assert timing["chooses"] == "folded" and all(timing[path] > 0 for path in fold_rows.PATHS["inference"])
+    assert timing["folded_vs_structured"] > 0
+    assert "_folds_into_weight" not in vars(layer)
+
+
 def test_with_structures_of_runs_the_other_checkouts_code():
     """``step_time.py --before``: the variant's structured matrices run the other checkout's code (here this
     checkout's package loaded a second time, as ``--before`` loads one) with the same results, and the layer still

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..structures import StructuredMatrix, WithParameterGrads, make_structure
+from ..structures.base import DENSE_PASS_FLOPS
 from .config import SurmConfig
 
 
@@ -145,13 +146,15 @@ class Linear(nn.Module, SurmLayer):
     def _folds_into_weight(self, x: torch.Tensor) -> bool:
         """Whether x (W₀ + Σ αS)ᵀ is cheaper than W₀x plus the structured products.
 
-        Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the
-        structured product: in inference all of it, which pays from about max(m, n)/16 rows on (a
-        sequence of a few tokens, not single-token decoding; ``inference_fold_rows``); in training its
+        Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the structured
+        product: in inference all of it, S's forward (``forward_flops_per_row``) and adding α·S(x) to the
+        output (about five passes over a row of y), so that the layer folds at 768 × 768 from 118
+        (Toeplitz), 211 (circulant), 320 (LDR r = 1) and 425 (Kronecker) rows, at 4096 × 4096 from
+        529–1,619 (the crossovers measured: bench/fold_rows.py --mode inference); in training its
         forward and ∂x, as S's parameters still get their gradient from x and ∂y
         (``_parameter_grad_flops``: by the structure's transforms or through the dense ∂S, the
-        cheaper), which pays for the FFT structures from about
-        100–300 rows at 768 × 768, 120–1,400 at 768 × 3072 (measured: bench/fold_rows.py). Not in
+        cheaper), which pays for the FFT structures from about 100–300 rows at 768 × 768, 120–1,400
+        at 768 × 3072 (measured: bench/fold_rows.py). Not in
         training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
         its own module's forward: a quantized base (bitsandbytes, torchao), DeepSpeed ZeRO-3
         partitions, accelerate offloading, FSDP shards; nor where the base layer has hooks, which
@@ -171,7 +174,9 @@ class Linear(nn.Module, SurmLayer):
             structured = rows * sum(m.step_flops_per_row for m in matrices)
             folded = sum(m.dense_flops + self._parameter_grad_flops(m, rows) for m in matrices)
             return no_dropout and structured > folded
-        return not self.training and rows >= sum(m.inference_fold_rows for m in matrices) / len(matrices)
+        add_to_output = 5 * DENSE_PASS_FLOPS * self.out_features
+        structured = rows * sum(m.forward_flops_per_row + add_to_output for m in matrices)
+        return not self.training and structured > sum(m.dense_flops for m in matrices)
 
     @staticmethod
     def _is_whole(matrix: nn.Module) -> bool:

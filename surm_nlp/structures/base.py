@@ -85,21 +85,17 @@ class StructuredMatrix(nn.Module):
         raise NotImplementedError
 
     @property
+    def forward_flops_per_row(self) -> float:
+        """Work of the structured product's forward alone (inference) per row of x, in matmul flops, FFTs
+        weighted as in ``step_flops_per_row``. A layer without gradients folds S into its weight where this
+        and adding α·S(x) to its output cost more, over the rows of x, than ``dense_flops`` (``SurmLayer``)."""
+        raise NotImplementedError
+
+    @property
     def dense_flops(self) -> float:
         """Work of ``to_dense`` and adding it to a weight, in matmul flops: about four passes over the
         m × n entries (:data:`DENSE_PASS_FLOPS` each)."""
-        return self._four_passes_flops
-
-    @property
-    def _four_passes_flops(self) -> float:
         return 4 * DENSE_PASS_FLOPS * self.in_features * self.out_features
-
-    @property
-    def inference_fold_rows(self) -> float:
-        """Rows of x from which a layer without gradients folds S into its weight (``SurmLayer``): max(m, n)/16
-        for a ``to_dense`` of four passes (measured for the FFT structures), proportionally more for a costlier
-        one (LDR's N × N scan: 2.5× at 768 × 768, 10× at 1024 × 4096)."""
-        return max(self.in_features, self.out_features) / 16 * self.dense_flops / self._four_passes_flops
 
     @property
     def parameter_grad_flops_per_row(self) -> float:
@@ -200,6 +196,10 @@ class IndexedStructuredMatrix(StructuredMatrix):
     @property
     def step_flops_per_row(self) -> float:
         return fft_flops(self.fft_size, 5)  # see circulant_matmul
+
+    @property
+    def forward_flops_per_row(self) -> float:
+        return fft_flops(self.fft_size, 2)  # rfft(x), irfft; the kernel's rfft is once per forward
 
     @property
     def parameter_grad_flops_per_row(self) -> float:

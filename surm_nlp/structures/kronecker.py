@@ -113,8 +113,12 @@ class Kronecker(StructuredMatrix):
 
     @property
     def step_flops_per_row(self) -> float:
+        return 3 * self.forward_flops_per_row  # forward and two in the backward
+
+    @property
+    def forward_flops_per_row(self) -> float:
         (m1, n1), (m2, n2) = self.weight_a.shape, self.weight_b.shape
-        return 3 * 2 * (n1 * n2 * m2 + m1 * n1 * m2)  # X Bᵀ and A T, forward and two in the backward
+        return 2 * (n1 * n2 * m2 + m1 * n1 * m2)  # X Bᵀ and A T
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         y = KroneckerMatmul.apply(self.weight_a, self.weight_b, x.to(self.weight_a.dtype).reshape(-1, self.in_features))

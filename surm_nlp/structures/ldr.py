@@ -183,6 +183,10 @@ class LowDisplacementRank(StructuredMatrix):
         return fft_flops(self.size, 5 + 6 * self.rank)
 
     @property
+    def forward_flops_per_row(self) -> float:
+        return fft_flops(self.size, 2 + 2 * self.rank)  # T(x), inverse T and rfft of each uᵢ, irfft for y
+
+    @property
     def dense_flops(self) -> float:
         # LdrDense: the r·N² product G·Hᵀ, then about ten passes (stack, scan, select, cut, add).
         return 2 * self.rank * self.size**2 + 10 * DENSE_PASS_FLOPS * self.size**2

@@ -48,7 +48,11 @@ class LowRank(StructuredMatrix):
 
     @property
     def step_flops_per_row(self) -> float:
-        return 3 * 2 * self.rank * (self.in_features + self.out_features)  # forward, ∂x, ∂(A, B)
+        return 3 * self.forward_flops_per_row  # forward, ∂x, ∂(A, B)
+
+    @property
+    def forward_flops_per_row(self) -> float:
+        return 2 * self.rank * (self.in_features + self.out_features)
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(self.weight_a.dtype) @ self.weight_a.T @ self.weight_b.T).to(x.dtype)
