@@ -153,8 +153,8 @@ class Linear(nn.Module, SurmLayer):
         529–1,619 (the crossovers measured: bench/fold_rows.py --mode inference); in training its
         forward and ∂x, as S's parameters still get their gradient from x and ∂y
         (``_parameter_grad_flops``: by the structure's transforms or through the dense ∂S, the
-        cheaper), which pays for the FFT structures from about 100–300 rows at 768 × 768, 120–1,400
-        at 768 × 3072 (measured: bench/fold_rows.py). Not in
+        cheaper), which pays for the FFT structures from about 100–300 rows at 768 × 768, 120–350 at
+        768 × 3072, 140–220 at 3072 × 768 (LDR there 1,370–1,550) (measured: bench/fold_rows.py). Not in
         training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
         its own module's forward: a quantized base (bitsandbytes, torchao), DeepSpeed ZeRO-3
         partitions, accelerate offloading, FSDP shards; nor where the base layer has hooks, which

@@ -71,7 +71,7 @@ class StructuredMatrix(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         """W as a dense (out_features, in_features) tensor, differentiable w.r.t. the parameters: O(mn)
-        work (times the rank for lowrank), O(r·N²) for ldr (N = max(m, n))."""
+        work (times the rank for lowrank), O(r·N·n) for ldr (N = max(m, n))."""
         raise NotImplementedError
 
     @property

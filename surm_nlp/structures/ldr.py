@@ -7,9 +7,9 @@ Z₁ − Z₋₁ = 2 e₀ e_{N−1}ᵀ, the displacement Z₁W − WZ₋₁ = Σ
 (r = 1, 2) to dense (Sindhwani et al., 2015).
 
 Parameters: 2·r·N with N = max(m, n); rectangular shapes use the top-left (m, n) block.
-Dense form in O(r·N²) from that displacement (``to_dense``). Mat-vec by FFTs of length N: Z₋₁(h)
-is diagonal in the negacyclic spectrum (``fft.negacyclic_fft``, the DFT at the roots of z^N = −1),
-Z₁(g) in the ordinary one. O(r·N log N) per row of x.
+Dense form in O(r·N·n) from that displacement (``to_dense``: every row of the n columns). Mat-vec
+by FFTs of length N: Z₋₁(h) is diagonal in the negacyclic spectrum (``fft.negacyclic_fft``, the DFT
+at the roots of z^N = −1), Z₁(g) in the ordinary one. O(r·N log N) per row of x.
 One autograd Function runs the whole sum and saves only x: the r intermediate products Z₋₁(hᵢ)x
 (r times the size of x, in float32) are recomputed in the backward rather than kept.
 """
@@ -99,55 +99,60 @@ class LdrMatmul(torch.autograd.Function):
 
 
 @cached_constant
-def _below_diagonal(size: int, device: torch.device) -> torch.Tensor:
-    """The bool mask a > b of an N × N matrix (only read, never saved for a backward, so one made in inference
-    mode serves training too)."""
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril_(-1)
+def _below_diagonal(rows: int, columns: int, device: torch.device) -> torch.Tensor:
+    """The bool mask a > b of a rows × columns matrix (only read, never saved for a backward, so one made in
+    inference mode serves training too)."""
+    return torch.ones(rows, columns, dtype=torch.bool, device=device).tril_(-1)
 
 
 def _diagonal_cumsum_(stacked: torch.Tensor) -> torch.Tensor:
     """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
-    square x in ``stacked[0]`` of a (2, N, N) buffer; P is returned in ``stacked[1]``.
+    N × n x (n ≤ N) in ``stacked[0]`` of a (2, N, n) buffer; P is returned in ``stacked[1]``.
 
-    With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·N + t, t < N, of
+    With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·n + t, t < n, of
     the buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
     (a > b) and in the second on and above it.
     """
-    size = stacked.shape[-1]
+    rows, columns = stacked.shape[-2:]
     stacked[1] = stacked[0]
-    stacked.as_strided((size, size), (size, size + 1), size).cumsum_(1)
-    return torch.where(_below_diagonal(size, stacked.device), stacked[0], stacked[1], out=stacked[1])
+    stacked.as_strided((rows, columns), (columns, columns + 1), columns).cumsum_(1)
+    return torch.where(_below_diagonal(rows, columns, stacked.device), stacked[0], stacked[1], out=stacked[1])
 
 
 class LdrDense(torch.autograd.Function):
-    """W(G, H) as a dense N × N matrix in O(r·N²) from its displacement Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
+    """The first n ≤ N columns of W(G, H), dense (N × n), in O(r·N·n) from its displacement
+    Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
 
-    Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j], so W is the prefix sum
-    along wrapped diagonals of F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[1])] = [c | Gᵀ]·[e₀ | −2 H̄], with the
-    first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given (its gradient flows on through ``circulant_matmul``).
-    The backward needs the suffix sums along the diagonals of ∂W: the prefix sums of ∂W rotated by
-    180°, rotated back. Saves only g and h.
+    Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j], so these columns are the
+    prefix sums along wrapped diagonals of F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[N − n + 1])] =
+    [c | Gᵀ]·[e₀ | −2 H̄], with the first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given (its gradient flows on
+    through ``circulant_matmul``). The backward needs the suffix sums along the diagonals of ∂W: the
+    prefix sums of ∂W rotated by 180°, rotated back. Saves only g and h.
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor, columns: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(g, h)
         rank, size = g.shape
-        stacked, right = g.new_empty(2, size, size), g.new_zeros(rank + 1, size)
-        right[0, 0], right[1:, 1:] = 1, -2 * h[:, 1:].flip(-1)
+        stacked, right = g.new_empty(2, size, columns), g.new_zeros(rank + 1, columns)
+        right[0, 0], right[1:, 1:] = 1, -2 * h[:, size - columns + 1 :].flip(-1)
         torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
         return _diagonal_cumsum_(stacked)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         g, h = ctx.saved_tensors
-        stacked = grad_dense.new_empty(2, *grad_dense.shape)
+        size, columns = grad_dense.shape
+        stacked = grad_dense.new_empty(2, size, columns)
         stacked[0] = grad_dense.flip(0, 1)
-        rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, N − 1 − b]
-        grad_g = -2 * (rotated[:, :-1] @ h[:, 1:].T).flip(0).T
-        grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (1, 0))  # h[0] enters only c
-        return rotated[:, -1].flip(0), grad_g, grad_h
+        rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, n − 1 − b]
+        grad_g = -2 * (rotated[:, :-1] @ h[:, size - columns + 1 :].T).flip(0).T
+        # h[0] enters only c, and h[1 … N − n] only c too
+        grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (size - columns + 1, 0))
+        return rotated[:, -1].flip(0), grad_g, grad_h, None
 
 
 class LowDisplacementRank(StructuredMatrix):
@@ -173,8 +178,8 @@ class LowDisplacementRank(StructuredMatrix):
     def to_dense(self) -> torch.Tensor:
         dtype = fft_dtype(self.weight_g)
         g, h = self.weight_g.to(dtype), self.weight_h.to(dtype)
-        dense = LdrDense.apply(circulant_matmul(g, h, self.size).sum(0), g, h)  # first column Σᵢ Z₁(gᵢ) hᵢ
-        return dense[: self.out_features, : self.in_features].to(self.weight_g.dtype)
+        dense = LdrDense.apply(circulant_matmul(g, h, self.size).sum(0), g, h, self.in_features)  # c = Σᵢ Z₁(gᵢ) hᵢ
+        return dense[: self.out_features].to(self.weight_g.dtype)
 
     @property
     def step_flops_per_row(self) -> float:
@@ -188,8 +193,8 @@ class LowDisplacementRank(StructuredMatrix):
 
     @property
     def dense_flops(self) -> float:
-        # LdrDense: the r·N² product G·Hᵀ, then about ten passes (stack, scan, select, cut, add).
-        return 2 * self.rank * self.size**2 + 10 * DENSE_PASS_FLOPS * self.size**2
+        # LdrDense: the r·N·n product G·Hᵀ, then about ten passes (stack, scan, select, cut, add) over N × n.
+        return (2 * self.rank + 10 * DENSE_PASS_FLOPS) * self.size * self.in_features
 
     @property
     def parameter_grad_flops_per_row(self) -> float:
