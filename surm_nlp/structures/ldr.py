@@ -7,9 +7,9 @@ Z₁ − Z₋₁ = 2 e₀ e_{N−1}ᵀ, the displacement Z₁W − WZ₋₁ = Σ
 (r = 1, 2) to dense (Sindhwani et al., 2015).
 
 Parameters: 2·r·N with N = max(m, n); rectangular shapes use the top-left (m, n) block.
-Dense form in O(r·N·n) from that displacement (``to_dense``: every row of the n columns). Mat-vec
-by FFTs of length N: Z₋₁(h) is diagonal in the negacyclic spectrum (``fft.negacyclic_fft``, the DFT
-at the roots of z^N = −1), Z₁(g) in the ordinary one. O(r·N log N) per row of x.
+Dense form in O(r·m·n) from that displacement (``to_dense``). Mat-vec by FFTs of length N: Z₋₁(h)
+is diagonal in the negacyclic spectrum (``fft.negacyclic_fft``, the DFT at the roots of z^N = −1),
+Z₁(g) in the ordinary one. O(r·N log N) per row of x.
 One autograd Function runs the whole sum and saves only x: the r intermediate products Z₋₁(hᵢ)x
 (r times the size of x, in float32) are recomputed in the backward rather than kept.
 """
@@ -105,54 +105,66 @@ def _below_diagonal(rows: int, columns: int, device: torch.device) -> torch.Tens
     return torch.ones(rows, columns, dtype=torch.bool, device=device).tril_(-1)
 
 
-def _diagonal_cumsum_(stacked: torch.Tensor) -> torch.Tensor:
-    """P[a, b] = Σ_{t ≤ b} x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
-    N × n x (n ≤ N) in ``stacked[0]`` of a (2, N, n) buffer; P is returned in ``stacked[1]``.
+def _diagonal_cumsum_(stacked: torch.Tensor, sign: int = 1) -> torch.Tensor:
+    """P[a, b] = Σ_{t ≤ b} ±x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
+    N × n x (n ≤ N) in ``stacked[0]`` of a (2, N, n) buffer; P is returned in ``stacked[1]``. A term
+    whose diagonal wraps past the last row on its way to (a, b) is added times ``sign`` (±1).
 
     With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·n + t, t < n, of
     the buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
-    (a > b) and in the second on and above it.
+    (a > b) and in the second on and above it, where the terms from the first copy wrapped.
     """
     rows, columns = stacked.shape[-2:]
     stacked[1] = stacked[0]
+    if sign < 0:
+        stacked[0].neg_()
     stacked.as_strided((rows, columns), (columns, columns + 1), columns).cumsum_(1)
-    return torch.where(_below_diagonal(rows, columns, stacked.device), stacked[0], stacked[1], out=stacked[1])
+    below = stacked[0] if sign > 0 else stacked[0].neg_()
+    return torch.where(_below_diagonal(rows, columns, stacked.device), below, stacked[1], out=stacked[1])
+
+
+def _reflected(v: torch.Tensor, sign: int) -> torch.Tensor:
+    """ṽ with ṽ[0] = v[0], ṽ[k] = sign·v[N − k]: Z₁(v)ᵀ = Z₁(ṽ) for sign 1, Z₋₁(v)ᵀ = Z₋₁(ṽ) for −1."""
+    return torch.cat([v[..., :1], sign * v[..., 1:].flip(-1)], dim=-1)
 
 
 class LdrDense(torch.autograd.Function):
-    """The first n ≤ N columns of W(G, H), dense (N × n), in O(r·N·n) from its displacement
-    Z₁W − WZ₋₁ = 2 Σᵢ gᵢ reverse(hᵢ)ᵀ.
+    """The first n ≤ N columns (N × n) of W = Σᵢ Z₁(gᵢ) Z₋₁(hᵢ) (``sign`` 1), or of
+    M = Σᵢ Z₋₁(gᵢ) Z₁(hᵢ) (``sign`` −1), dense in O(r·N·n) from the displacement of rank r.
 
-    Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j], so these columns are the
-    prefix sums along wrapped diagonals of F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[N − n + 1])] =
-    [c | Gᵀ]·[e₀ | −2 H̄], with the first column c = W e₀ = Σᵢ Z₁(gᵢ) hᵢ given (its gradient flows on
-    through ``circulant_matmul``). The backward needs the suffix sums along the diagonals of ∂W: the
-    prefix sums of ∂W rotated by 180°, rotated back. Saves only g and h.
+    Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j] (Z₁W − WZ₋₁ = 2 Σᵢ gᵢ
+    reverse(hᵢ)ᵀ), so these columns are the prefix sums along wrapped diagonals of
+    F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[N − n + 1])] = [c | Gᵀ]·[e₀ | −2 H̄], with the first column
+    c given (its gradient flows on through the product that made it); M's are the same with
+    +2 and each term negated where it wraps (the skew-circulant Z₋₁ on the left). The backward needs the
+    suffix sums along the diagonals of ∂W: the prefix sums of ∂W rotated by 180°, rotated back.
+    Saves only g and h.
     """
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor, columns: int
+        ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor, columns: int, sign: int
     ) -> torch.Tensor:
         ctx.save_for_backward(g, h)
+        ctx.sign = sign
         rank, size = g.shape
         stacked, right = g.new_empty(2, size, columns), g.new_zeros(rank + 1, columns)
-        right[0, 0], right[1:, 1:] = 1, -2 * h[:, size - columns + 1 :].flip(-1)
+        right[0, 0], right[1:, 1:] = 1, -2 * sign * h[:, size - columns + 1 :].flip(-1)
         torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
-        return _diagonal_cumsum_(stacked)
+        return _diagonal_cumsum_(stacked, sign)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        g, h = ctx.saved_tensors
+        (g, h), sign = ctx.saved_tensors, ctx.sign
         size, columns = grad_dense.shape
         stacked = grad_dense.new_empty(2, size, columns)
         stacked[0] = grad_dense.flip(0, 1)
-        rotated = _diagonal_cumsum_(stacked)  # ∂F[a, b] = rotated[N − 1 − a, n − 1 − b]
-        grad_g = -2 * (rotated[:, :-1] @ h[:, size - columns + 1 :].T).flip(0).T
+        rotated = _diagonal_cumsum_(stacked, sign)  # ∂F[a, b] = rotated[N − 1 − a, n − 1 − b]
+        grad_g = -2 * sign * (rotated[:, :-1] @ h[:, size - columns + 1 :].T).flip(0).T
         # h[0] enters only c, and h[1 … N − n] only c too
-        grad_h = nn.functional.pad(-2 * g.flip(-1) @ rotated[:, :-1], (size - columns + 1, 0))
-        return rotated[:, -1].flip(0), grad_g, grad_h, None
+        grad_h = nn.functional.pad(-2 * sign * g.flip(-1) @ rotated[:, :-1], (size - columns + 1, 0))
+        return rotated[:, -1].flip(0), grad_g, grad_h, None, None
 
 
 class LowDisplacementRank(StructuredMatrix):
@@ -176,10 +188,18 @@ class LowDisplacementRank(StructuredMatrix):
             nn.init.normal_(self.weight_h, std=std)
 
     def to_dense(self) -> torch.Tensor:
-        dtype = fft_dtype(self.weight_g)
+        """The m × n block by ``LdrDense`` over N × min(m, n): W's first n columns, or for m < n its first m rows
+        as the columns of Wᵀ = Σᵢ Z₋₁(h̃ᵢ) Z₁(g̃ᵢ) (``_reflected``), transposed."""
+        dtype, size = fft_dtype(self.weight_g), self.size
         g, h = self.weight_g.to(dtype), self.weight_h.to(dtype)
-        dense = LdrDense.apply(circulant_matmul(g, h, self.size).sum(0), g, h, self.in_features)  # c = Σᵢ Z₁(gᵢ) hᵢ
-        return dense[: self.out_features].to(self.weight_g.dtype)
+        if self.out_features >= self.in_features:
+            first_column = circulant_matmul(g, h, size).sum(0)  # W e₀ = Σᵢ Z₁(gᵢ) hᵢ
+            dense = LdrDense.apply(first_column, g, h, self.in_features, 1)[: self.out_features]
+        else:
+            g, h = _reflected(g, 1), _reflected(h, -1)
+            first_row = negacyclic_ifft((negacyclic_fft(h, size) * negacyclic_fft(g, size)).sum(0), size)
+            dense = LdrDense.apply(first_row, h, g, self.out_features, -1).T.contiguous()
+        return dense.to(self.weight_g.dtype)
 
     @property
     def step_flops_per_row(self) -> float:
@@ -193,8 +213,11 @@ class LowDisplacementRank(StructuredMatrix):
 
     @property
     def dense_flops(self) -> float:
-        # LdrDense: the r·N·n product G·Hᵀ, then about ten passes (stack, scan, select, cut, add) over N × n.
-        return (2 * self.rank + 10 * DENSE_PASS_FLOPS) * self.size * self.in_features
+        # LdrDense over N × min(m, n) = m × n entries: the product G·Hᵀ, then about ten passes (stack, scan,
+        # select, cut, add); for m < n about seventeen (signs and the transposed copy; measured: 1.6–2.1× the
+        # time of the n < m case of the same size, bench/README.md change 21).
+        passes = 10 if self.out_features >= self.in_features else 17
+        return (2 * self.rank + passes * DENSE_PASS_FLOPS) * self.in_features * self.out_features
 
     @property
     def parameter_grad_flops_per_row(self) -> float:
