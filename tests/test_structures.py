@@ -121,6 +121,24 @@ def test_gradients_match_reference(name, shape):
         assert got.abs().sum() > 0
 
 
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("shape", [(4, 9), (9, 4), (5, 5)])
+def test_ldr_dense_and_its_gradient_at_odd_sizes_and_other_ranks(shape, rank):
+    """LDR's to_dense by the column block (in < out), by the rows as Wᵀ's columns (in > out: the signed scan and
+    the odd-N negacyclic transform of its first row), square, at displacement ranks 1 and 3."""
+    torch.manual_seed(rank)
+    s = make_structure("ldr", *shape, rank=rank).double()
+    weights = torch.randn(shape[1], shape[0], dtype=torch.float64)
+    (s.to_dense() * weights).sum().backward()
+    fast = [p.grad.clone() for p in s.parameters()]
+    s.zero_grad()
+    reference = reference_dense(s)
+    torch.testing.assert_close(s.to_dense(), reference, rtol=1e-12, atol=1e-12)
+    (reference * weights).sum().backward()
+    for got, want in zip(fast, [p.grad for p in s.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(("name", "shape"), CASES, ids=[f"{n}-{i}x{o}" for n, (i, o) in CASES])
 def test_parameter_grads_match_reference(name, shape):
     """parameter_grads(x, ∂y), what a folded layer asks for: the parameters' gradient of Σ ∂y·S(x), not ∂x."""

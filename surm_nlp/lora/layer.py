@@ -150,11 +150,12 @@ class Linear(nn.Module, SurmLayer):
         product: in inference all of it, S's forward (``forward_flops_per_row``) and adding α·S(x) to the
         output (about five passes over a row of y), so that the layer folds at 768 × 768 from 118
         (Toeplitz), 211 (circulant), 320 (LDR r = 1) and 425 (Kronecker) rows, at 4096 × 4096 from
-        529–1,619 (the crossovers measured: bench/fold_rows.py --mode inference); in training its
+        529–1,619 (lowrank 2,905) (the model's; bench/fold_rows.py --mode inference measures the
+        crossovers); in training its
         forward and ∂x, as S's parameters still get their gradient from x and ∂y
         (``_parameter_grad_flops``: by the structure's transforms or through the dense ∂S, the
         cheaper), which pays for the FFT structures from about 100–300 rows at 768 × 768, 120–350 at
-        768 × 3072, 140–220 at 3072 × 768 (LDR there 1,370–1,550) (measured: bench/fold_rows.py). Not in
+        768 × 3072, 140–450 at 3072 × 768 (measured: bench/fold_rows.py). Not in
         training with dropout on the adapter's input, nor where W₀ or S is not a whole tensor outside
         its own module's forward: a quantized base (bitsandbytes, torchao), DeepSpeed ZeRO-3
         partitions, accelerate offloading, FSDP shards; nor where the base layer has hooks, which

@@ -29,10 +29,10 @@ class StructuredMatrix(nn.Module):
     """A structured matrix W of shape (out_features, in_features) applied as y = x Wᵀ.
 
     Subclasses define ``product`` (the fast mat-vec), ``reset_parameters``, ``to_dense``,
-    ``step_flops_per_row``, where a closed form exists ``fit_``, and where the parameter half of the
-    backward is cheaper than the whole step ``parameter_grads`` (with its cost). Rectangular shapes
-    are handled by each subclass; the FFT-based ones embed W as the top-left (m, n) block of an
-    N × N matrix.
+    ``step_flops_per_row``, ``forward_flops_per_row``, where a closed form exists ``fit_``, and where
+    the parameter half of the backward is cheaper than the whole step ``parameter_grads`` (with its
+    cost). Rectangular shapes are handled by each subclass; the FFT-based ones embed W as the
+    top-left (m, n) block of an N × N matrix.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -71,7 +71,7 @@ class StructuredMatrix(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         """W as a dense (out_features, in_features) tensor, differentiable w.r.t. the parameters: O(mn)
-        work (times the rank for lowrank), O(r·N·n) for ldr (N = max(m, n))."""
+        work (times the rank for lowrank and ldr)."""
         raise NotImplementedError
 
     @property

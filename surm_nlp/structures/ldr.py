@@ -105,7 +105,7 @@ def _below_diagonal(rows: int, columns: int, device: torch.device) -> torch.Tens
     return torch.ones(rows, columns, dtype=torch.bool, device=device).tril_(-1)
 
 
-def _diagonal_cumsum_(stacked: torch.Tensor, sign: int = 1) -> torch.Tensor:
+def _diagonal_cumsum_(stacked: torch.Tensor, sign: int) -> torch.Tensor:
     """P[a, b] = Σ_{t ≤ b} ±x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
     N × n x (n ≤ N) in ``stacked[0]`` of a (2, N, n) buffer; P is returned in ``stacked[1]``. A term
     whose diagonal wraps past the last row on its way to (a, b) is added times ``sign`` (±1).
@@ -194,7 +194,7 @@ class LowDisplacementRank(StructuredMatrix):
         g, h = self.weight_g.to(dtype), self.weight_h.to(dtype)
         if self.out_features >= self.in_features:
             first_column = circulant_matmul(g, h, size).sum(0)  # W e₀ = Σᵢ Z₁(gᵢ) hᵢ
-            dense = LdrDense.apply(first_column, g, h, self.in_features, 1)[: self.out_features]
+            dense = LdrDense.apply(first_column, g, h, self.in_features, 1)  # N = out_features rows
         else:
             g, h = _reflected(g, 1), _reflected(h, -1)
             first_row = negacyclic_ifft((negacyclic_fft(h, size) * negacyclic_fft(g, size)).sum(0), size)
