@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import random
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from surm_nlp.structures import make_structure
+from surm_nlp.structures import base, make_structure
 
 BENCH = Path(__file__).parents[1] / "bench"
 
@@ -29,6 +30,7 @@ def load_bench_script(name: str):
 
 step_time = load_bench_script("step_time")
 fold_rows = load_bench_script("fold_rows")
+fft_chunks = load_bench_script("fft_chunks")
 
 
 def test_median_interval_is_the_binomial_order_statistics() -> None:
@@ -113,3 +115,21 @@ def test_with_structures_of_runs_the_other_checkouts_code():
     torch.testing.assert_close(patched[0].to_dense(), reference[0], rtol=0, atol=0)
     torch.testing.assert_close(patched(x), reference[1], rtol=0, atol=0)
     torch.testing.assert_close(patched[1].parameter_grads(patched[0](x), grad_y), reference[2], rtol=0, atol=0)
+
+
+def test_fft_chunks_times_each_chunk_size_and_restores_the_library_default():
+    """``fft_chunks.py``: each chunk size really splits the rows (10 rows of 24 FFT elements in chunks of 48:
+    five of 2), both operations are timed against one pass, and the library's chunk size is left as it was."""
+    default = base.CPU_FFT_CHUNK_ELEMENTS
+    args = argparse.Namespace(
+        shapes=[(16, 24)], rows=[10], structures=["circulant", "ldr"], chunk_elements=[0, 48], repeats=2, warmup=0
+    )
+    timed = fft_chunks.measure(args)
+    assert default == base.CPU_FFT_CHUNK_ELEMENTS
+    assert [(r["structure"], r["operation"], r["chunk_elements"], r["chunk_rows"]) for r in timed] == [
+        (name, operation, size, rows)
+        for name in ("circulant", "ldr")
+        for operation in ("structured", "parameter grad")
+        for size, rows in ((0, 10), (48, 2))
+    ]
+    assert all(r["ms"] > 0 and r["vs_one_pass"] > 0 for r in timed)

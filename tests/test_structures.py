@@ -12,7 +12,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from surm_nlp import STRUCTURES, make_structure
-from surm_nlp.structures import STRUCTURE_CLASSES, gradient_fit_, structure_options
+from surm_nlp.structures import STRUCTURE_CLASSES, WithParameterGrads, base, gradient_fit_, structure_options
 from surm_nlp.structures.fft import (
     circulant_matmul,
     fast_fft_size,
@@ -155,6 +155,45 @@ def test_parameter_grads_match_reference(name, shape):
     assert frozen_first[0] is None
     for g, p in zip(frozen_first[1:], list(s.parameters())[1:], strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (5, 12), (12, 5)])
+@pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "ldr"])
+def test_rows_in_chunks_match_reference(name, shape, monkeypatch):
+    """Past CPU_FFT_CHUNK_ELEMENTS the FFT structures take rows in chunks (here of at least 3 rows at each
+    operation's elements per row: 4, 4, 2 of 10): the product, its gradients and a folded layer's parameter gradient
+    (WithParameterGrads summing parameter_grads over the chunks) match the float64 dense reference, and did run
+    in three chunks."""
+    in_features, out_features = shape
+    s = build(name, in_features, out_features, seed=3)
+    monkeypatch.setattr(base, "CPU_FFT_CHUNK_ELEMENTS", 3 * s.fft_elements_per_row)
+    chunk_rows: dict[str, list[int]] = {"product": [], "parameter_grads": []}
+    for method, rows in chunk_rows.items():
+        original = getattr(s, method)
+        monkeypatch.setattr(s, method, lambda x, *rest, f=original, rows=rows: rows.append(len(x)) or f(x, *rest))
+    x = torch.randn(2, 5, in_features, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 5, out_features, dtype=torch.float64)
+    reference = reference_dense(s)
+    y = s(x)
+    torch.testing.assert_close(y, x @ reference.T, rtol=1e-10, atol=1e-12)
+    (y * upstream).sum().backward()
+    fast = [p.grad.clone() for p in s.parameters()] + [x.grad.clone()]
+    s.zero_grad()
+    x.grad = None
+    ((x @ reference.T) * upstream).sum().backward()
+    exact = [p.grad.clone() for p in s.parameters()] + [x.grad]
+    for got, want in zip(fast, exact, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    s.zero_grad()
+    monkeypatch.setattr(base, "CPU_FFT_CHUNK_ELEMENTS", 3 * s.parameter_grad_elements_per_row)
+    folded = WithParameterGrads.apply((x @ reference.T).detach(), x.detach(), s, 0.5, *s.parameters())
+    (folded * upstream).sum().backward()
+    for p, want in zip(s.parameters(), exact, strict=False):
+        torch.testing.assert_close(p.grad, 0.5 * want, rtol=1e-10, atol=1e-12)
+    assert chunk_rows == {"product": [4, 4, 2], "parameter_grads": [4, 4, 2]}
+    per_row = s.parameter_grad_elements_per_row
+    assert s.row_chunks(per_row, x[:1]) is None and s.row_chunks(per_row, x.to("meta")) is None  # 5 rows: 1 chunk; meta
+    assert s.row_chunks(0, x) is None  # no FFT
 
 
 @pytest.mark.parametrize("name", STRUCTURES)

@@ -24,6 +24,14 @@ def require_positive_int(name: str, value: object) -> int:
 #: rectangular, every FFT structure: measured / predicted 0.9–1.9, geometric mean 1.17).
 DENSE_PASS_FLOPS = 50.0
 
+#: On CPU the FFT structures split a batch of rows into chunks of at least this many elements of
+#: their largest FFT buffer (``fft_elements_per_row`` a row), so that each transform and the passes
+#: between them run in cache; a batch of fewer than twice this (RoBERTa-base's 1,024 rows of 768)
+#: goes at once. At 4,096 rows of a 3072- or 4096-wide layer the structured forward + backward and
+#: a folded layer's parameter gradient ran 1.4–4× faster so (bench/fft_chunks.py, which also picked
+#: 2²⁰ from 2¹⁹–2²²; bench/README.md, change 22). Other devices take all rows at once.
+CPU_FFT_CHUNK_ELEMENTS = 2**20
+
 
 class StructuredMatrix(nn.Module):
     """A structured matrix W of shape (out_features, in_features) applied as y = x Wᵀ.
@@ -31,8 +39,10 @@ class StructuredMatrix(nn.Module):
     Subclasses define ``product`` (the fast mat-vec), ``reset_parameters``, ``to_dense``,
     ``step_flops_per_row``, ``forward_flops_per_row``, where a closed form exists ``fit_``, and where
     the parameter half of the backward is cheaper than the whole step ``parameter_grads`` (with its
-    cost). Rectangular shapes are handled by each subclass; the FFT-based ones embed W as the
-    top-left (m, n) block of an N × N matrix.
+    cost), and the FFT-based ones ``fft_elements_per_row`` (and ``parameter_grad_elements_per_row``
+    where that gradient's transforms are of another length), by which ``forward`` and a folded
+    layer's parameter gradient take many rows in chunks on CPU (``row_chunks``). Rectangular shapes are
+    handled by each subclass; the FFT-based ones embed W as the top-left (m, n) block of an N × N matrix.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -63,7 +73,35 @@ class StructuredMatrix(nn.Module):
         if x.numel() == 0:  # no rows, which FFT backends reject: the dense product, with zero gradients
             dense = self.to_dense()
             return (x.to(dense.dtype) @ dense.T).to(x.dtype)
-        return self.product(x)
+        chunks = self.row_chunks(self.fft_elements_per_row, x)
+        if chunks is None:
+            return self.product(x)
+        return torch.cat([self.product(rows) for (rows,) in chunks]).view(*x.shape[:-1], self.out_features)
+
+    @property
+    def fft_elements_per_row(self) -> int:
+        """Elements of the largest FFT buffer that one row of x takes in ``product``; 0 for structures
+        without FFTs, whose products (matmuls) are never split into chunks."""
+        return 0
+
+    @property
+    def parameter_grad_elements_per_row(self) -> int:
+        """The same for ``parameter_grads`` (by default that of ``product``)."""
+        return self.fft_elements_per_row
+
+    @staticmethod
+    def row_chunks(elements_per_row: int, *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]] | None:
+        """The tensors (..., features), with the same rows, as (rows, features) views split into as many chunks
+        of at least :data:`CPU_FFT_CHUNK_ELEMENTS` FFT elements at ``elements_per_row`` a row as there are (or
+        into single rows; equal chunks but the last); None where all rows go at once: off CPU, without FFTs
+        (0 elements), or below two chunks."""
+        first = tensors[0]
+        rows = first.numel() // first.shape[-1]
+        count = min(rows, rows * elements_per_row // CPU_FFT_CHUNK_ELEMENTS)
+        if first.device.type != "cpu" or count < 2:
+            return None
+        size = math.ceil(rows / count)
+        return list(zip(*(t.reshape(rows, t.shape[-1]).split(size) for t in tensors), strict=True))
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """The structure's fast x Wᵀ for x (..., in_features) with at least one row."""
@@ -178,6 +216,10 @@ class IndexedStructuredMatrix(StructuredMatrix):
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.weight, -bound, bound)
 
+    @property
+    def fft_elements_per_row(self) -> int:
+        return self.fft_size  # a real row of length L, its spectrum of L/2 + 1 complex values
+
     def _diagonal_positions(self) -> torch.Tensor:
         """Long tensor (m + n − 1,): the position in ``self.weight`` of diagonal d = i − j, at d + n − 1."""
         raise NotImplementedError
@@ -236,7 +278,8 @@ class IndexedStructuredMatrix(StructuredMatrix):
 
 
 class WithParameterGrads(torch.autograd.Function):
-    """y as it is; in the backward, S's parameters get scale·S.parameter_grads(x, ∂y).
+    """y as it is; in the backward, S's parameters get scale·S.parameter_grads(x, ∂y) (summed over
+    the chunks of ``row_chunks`` on CPU).
 
     For a layer that folds S into its weight, y = x(W₀ + scale·S)ᵀ with S detached: one matmul for y
     and one for ∂x, as in the frozen layer, and S's gradient without the dense ∂S = ∂yᵀx (mn
@@ -263,8 +306,10 @@ class WithParameterGrads(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, *_ = ctx.saved_tensors  # the parameters: checked unchanged since the forward
-        grads = ctx.matrix.parameter_grads(x, grad_y)
-        return grad_y, None, None, None, *(None if grad is None else grad * ctx.scale for grad in grads)
+        chunks = ctx.matrix.row_chunks(ctx.matrix.parameter_grad_elements_per_row, x, grad_y) or [(x, grad_y)]
+        grads = zip(*(ctx.matrix.parameter_grads(*chunk) for chunk in chunks), strict=True)
+        scaled = (None if parts[0] is None else sum(parts) * ctx.scale for parts in grads)
+        return grad_y, None, None, None, *scaled
 
 
 def gradient_fit_(

@@ -202,6 +202,10 @@ class LowDisplacementRank(StructuredMatrix):
         return dense.to(self.weight_g.dtype)
 
     @property
+    def fft_elements_per_row(self) -> int:
+        return self.rank * self.size  # the r products uᵢ = Z₋₁(hᵢ)x and their spectra
+
+    @property
     def step_flops_per_row(self) -> float:
         # LdrMatmul, transforms of length N: T(x) twice, inverse T of uᵢ twice, rfft(uᵢ) twice, irfft
         # for y, rfft(∂y), irfft for ∂uᵢ, T(∂uᵢ) and inverse T for ∂x: 5 + 6r.

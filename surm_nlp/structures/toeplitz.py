@@ -57,6 +57,10 @@ class Toeplitz(IndexedStructuredMatrix):
     def parameter_grad_flops_per_row(self) -> float:
         return self._correlation_flops_per_row if self._correlates_unpadded else super().parameter_grad_flops_per_row
 
+    @property
+    def parameter_grad_elements_per_row(self) -> int:
+        return max(self.in_features, self.out_features) if self._correlates_unpadded else self.fft_size
+
     def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
         if not self.weight.requires_grad or not self._correlates_unpadded:
             return super().parameter_grads(x, grad_y)
