@@ -4,9 +4,9 @@ Separate runs of the same code spread ±15 % on a shared CPU, more than most ker
 This loads the structures package of another checkout (``--before``: a git worktree of the commit
 before the change) beside this checkout's, builds each structure from both with the same
 parameters, and times them alternately on the same x and ∂y, each going first in every other
-round: ``parameter_grads`` (the backward of folded training), the structured forward + backward,
-``to_dense`` without graph (the forward of folded training) and with its backward (the dense ∂S
-route). It prints the median of each and the paired ratio after / before
+round: ``parameter_grads`` (the backward of folded training, through ``WithParameterGrads``), the
+structured forward + backward, ``to_dense`` without graph (the forward of folded training) and
+with its backward (the dense ∂S route). It prints the median of each and the paired ratio after / before
 (the median over rounds, with its 95 % interval), and checks that both give the same results.
 
     git worktree add ../before HEAD~1
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,16 @@ from layer_time import OPTIONS, load_structures, parse_shape
 from step_time import format_ratio, paired_ratio
 
 from surm_nlp import structures as after_structures
+
+
+def folded_parameter_grads(matrix: torch.nn.Module, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor]:
+    """S's parameter gradient as a folded layer's backward takes it: ``WithParameterGrads`` of the package that
+    ``matrix`` comes from (so of either checkout), summing ``parameter_grads`` over its row chunks."""
+    package = sys.modules[type(matrix).__module__.rpartition(".")[0]]
+    parameters = list(matrix.parameters())
+    matrix.zero_grad(set_to_none=True)
+    package.WithParameterGrads.apply(torch.zeros_like(grad_y), x, matrix, 1.0, *parameters).backward(grad_y)
+    return [p.grad for p in parameters]
 
 
 def operations(x: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[torch.nn.Module], list[torch.Tensor]]]:
@@ -49,7 +60,7 @@ def operations(x: torch.Tensor, grad_y: torch.Tensor) -> dict[str, Callable[[tor
         return list(torch.autograd.grad(matrix.to_dense(), list(matrix.parameters()), grad_dense))
 
     return {
-        "parameter_grads": lambda matrix: matrix.parameter_grads(x, grad_y),
+        "parameter_grads": lambda matrix: folded_parameter_grads(matrix, x, grad_y),
         "structured fwd+bwd": structured,
         "to_dense": to_dense,
         "to_dense fwd+bwd": to_dense_backward,

@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from ab_structures import folded_parameter_grads
 from layer_time import OPTIONS, parse_shape
 from step_time import format_ratio, paired_ratio
 
-from surm_nlp.structures import StructuredMatrix, WithParameterGrads, base, make_structure
+from surm_nlp.structures import StructuredMatrix, base, make_structure
 
 FFT_STRUCTURES = ("circulant", "toeplitz", "symmetric_toeplitz", "ldr")
 
@@ -45,15 +46,9 @@ def operations(
         (matrix(x_leaf) * grad_y).sum().backward()
         return [x_leaf.grad, *(p.grad for p in parameters)]
 
-    def parameter_grad() -> list[torch.Tensor]:
-        matrix.zero_grad(set_to_none=True)
-        y = WithParameterGrads.apply(torch.zeros_like(grad_y), x, matrix, 1.0, *parameters)
-        y.backward(grad_y)
-        return [p.grad for p in parameters]
-
     return {
         "structured": (structured, matrix.fft_elements_per_row),
-        "parameter grad": (parameter_grad, matrix.parameter_grad_elements_per_row),
+        "parameter grad": (lambda: folded_parameter_grads(matrix, x, grad_y), matrix.parameter_grad_elements_per_row),
     }
 
 

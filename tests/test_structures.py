@@ -161,7 +161,7 @@ def test_parameter_grads_match_reference(name, shape):
 @pytest.mark.parametrize("name", ["circulant", "toeplitz", "symmetric_toeplitz", "ldr"])
 def test_rows_in_chunks_match_reference(name, shape, monkeypatch):
     """Past CPU_FFT_CHUNK_ELEMENTS the FFT structures take rows in chunks (here of at least 3 rows at each
-    operation's elements per row: 4, 4, 2 of 10): the product, its gradients and a folded layer's parameter gradient
+    operation's elements per row: 4, 3, 3 of 10): the product, its gradients and a folded layer's parameter gradient
     (WithParameterGrads summing parameter_grads over the chunks) match the float64 dense reference, and did run
     in three chunks."""
     in_features, out_features = shape
@@ -190,10 +190,28 @@ def test_rows_in_chunks_match_reference(name, shape, monkeypatch):
     (folded * upstream).sum().backward()
     for p, want in zip(s.parameters(), exact, strict=False):
         torch.testing.assert_close(p.grad, 0.5 * want, rtol=1e-10, atol=1e-12)
-    assert chunk_rows == {"product": [4, 4, 2], "parameter_grads": [4, 4, 2]}
+    assert chunk_rows == {"product": [4, 3, 3], "parameter_grads": [4, 3, 3]}
     per_row = s.parameter_grad_elements_per_row
     assert s.row_chunks(per_row, x[:1]) is None and s.row_chunks(per_row, x.to("meta")) is None  # 5 rows: 1 chunk; meta
     assert s.row_chunks(0, x) is None  # no FFT
+    if name == "ldr":  # a frozen parameter (g) gets None from every chunk, the other its gradient
+        s.weight_g.requires_grad_(False)
+        s.zero_grad()
+        WithParameterGrads.apply((x @ reference.T).detach(), x.detach(), s, 1.0, *s.parameters()).backward(upstream)
+        assert s.weight_g.grad is None
+        torch.testing.assert_close(s.weight_h.grad, exact[1], rtol=1e-10, atol=1e-12)
+
+
+def test_fft_elements_per_row():
+    """What the chunks are sized by: the kernel length L (Toeplitz's parameter gradient: its unpadded
+    transforms of N = max(m, n) where it takes them), r·N for LDR, none for the matmul structures."""
+    toeplitz, tall_toeplitz = make_structure("toeplitz", 6, 6), make_structure("toeplitz", 768, 3072)
+    assert (toeplitz.fft_elements_per_row, toeplitz.parameter_grad_elements_per_row) == (12, 6)
+    assert tall_toeplitz.parameter_grad_elements_per_row == tall_toeplitz.fft_size == 3840
+    ldr = make_structure("ldr", 5, 12, rank=3)
+    assert (ldr.fft_elements_per_row, ldr.parameter_grad_elements_per_row) == (36, 36)
+    assert make_structure("circulant", 12, 5).fft_elements_per_row == 12
+    assert [make_structure(name, 8, 8).fft_elements_per_row for name in ("kronecker", "lowrank")] == [0, 0]
 
 
 @pytest.mark.parametrize("name", STRUCTURES)

@@ -26,10 +26,11 @@ DENSE_PASS_FLOPS = 50.0
 
 #: On CPU the FFT structures split a batch of rows into chunks of at least this many elements of
 #: their largest FFT buffer (``fft_elements_per_row`` a row), so that each transform and the passes
-#: between them run in cache; a batch of fewer than twice this (RoBERTa-base's 1,024 rows of 768)
-#: goes at once. At 4,096 rows of a 3072- or 4096-wide layer the structured forward + backward and
-#: a folded layer's parameter gradient ran 1.4–4× faster so (bench/fft_chunks.py, which also picked
-#: 2²⁰ from 2¹⁹–2²²; bench/README.md, change 22). Other devices take all rows at once.
+#: between them run in cache; a batch of fewer than twice this (RoBERTa-base's 1,024 rows of 768,
+#: but for LDR of rank ≥ 3) goes at once. At 4,096 rows of a 3072- or 4096-wide layer the structured
+#: forward + backward and a folded layer's parameter gradient ran 1.4–4× faster so
+#: (bench/fft_chunks.py, which also picked 2²⁰ from 2¹⁹–2²²; bench/README.md, change 22). Other
+#: devices take all rows at once.
 CPU_FFT_CHUNK_ELEMENTS = 2**20
 
 
@@ -91,17 +92,18 @@ class StructuredMatrix(nn.Module):
 
     @staticmethod
     def row_chunks(elements_per_row: int, *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]] | None:
-        """The tensors (..., features), with the same rows, as (rows, features) views split into as many chunks
-        of at least :data:`CPU_FFT_CHUNK_ELEMENTS` FFT elements at ``elements_per_row`` a row as there are (or
-        into single rows; equal chunks but the last); None where all rows go at once: off CPU, without FFTs
-        (0 elements), or below two chunks."""
+        """The tensors (..., features), with the same rows, as (rows, features) views in ⌊rows·e / C⌋ chunks of
+        equal rows (± 1; e = ``elements_per_row``, C = :data:`CPU_FFT_CHUNK_ELEMENTS`, so each holds at least
+        C FFT elements), at most one per row; None where all rows go at once: off CPU, without FFTs (e = 0),
+        below two chunks, or while compiling (whose batch size may be symbolic)."""
         first = tensors[0]
         rows = first.numel() // first.shape[-1]
-        count = min(rows, rows * elements_per_row // CPU_FFT_CHUNK_ELEMENTS)
-        if first.device.type != "cpu" or count < 2:
+        if first.device.type != "cpu" or torch.compiler.is_compiling():
             return None
-        size = math.ceil(rows / count)
-        return list(zip(*(t.reshape(rows, t.shape[-1]).split(size) for t in tensors), strict=True))
+        count = min(rows, rows * elements_per_row // CPU_FFT_CHUNK_ELEMENTS)
+        if count < 2:
+            return None
+        return list(zip(*(t.reshape(rows, t.shape[-1]).tensor_split(count) for t in tensors), strict=True))
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """The structure's fast x Wᵀ for x (..., in_features) with at least one row."""
@@ -308,8 +310,15 @@ class WithParameterGrads(torch.autograd.Function):
         x, *_ = ctx.saved_tensors  # the parameters: checked unchanged since the forward
         chunks = ctx.matrix.row_chunks(ctx.matrix.parameter_grad_elements_per_row, x, grad_y) or [(x, grad_y)]
         grads = zip(*(ctx.matrix.parameter_grads(*chunk) for chunk in chunks), strict=True)
-        scaled = (None if parts[0] is None else sum(parts) * ctx.scale for parts in grads)
+        scaled = (None if parts[0] is None else _sum_in_fft_dtype(parts) * ctx.scale for parts in grads)
         return grad_y, None, None, None, *scaled
+
+
+def _sum_in_fft_dtype(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Σ parts added in float32 (float64) and cast back once, not rounded to bf16/fp16 at each add."""
+    if len(parts) == 1:
+        return parts[0]
+    return sum(part.to(fft_dtype(part)) for part in parts).to(parts[0].dtype)
 
 
 def gradient_fit_(
