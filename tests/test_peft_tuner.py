@@ -119,9 +119,12 @@ def test_inference_folds_the_update_into_the_weight_with_the_same_result(structu
     model, layer = two_adapter_layer(structure)
     model.eval()
     x = torch.randn(4, 10, 32, dtype=torch.float64)
+    before = [p.clone() for p in layer.parameters()]
     with torch.no_grad():
         assert layer._folds_into_weight(x)
-        torch.testing.assert_close(layer(x), structured_forward(layer, x), rtol=1e-12, atol=1e-12)
+        for _ in range(2):  # the fold writes into S's dense tensor, never into W₀ or the parameters
+            torch.testing.assert_close(layer(x), structured_forward(layer, x), rtol=1e-12, atol=1e-12)
+        assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))
         assert not layer._folds_into_weight(x[:1, :1])  # one row: the structured product is cheaper
         model.train()
         assert not layer._folds_into_weight(x)  # training mode without gradients: no reason to fold
@@ -211,6 +214,23 @@ def test_training_forward_and_gradients_equal_the_structured_product(structure, 
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         for g, w in zip(got_grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["transforms", "dense"])
+def test_folded_training_of_a_trainable_base_weight_gives_its_gradient(route, monkeypatch):
+    """W₀ trained along with S (unfrozen by the user): folded, ∂W₀ = ∂yᵀx and S's gradient as structured."""
+    model, layer = two_adapter_layer("toeplitz")
+    model.train()
+    layer.base_layer.weight.requires_grad_(True)
+    x = torch.randn(3, 16, 32, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 16, 48, dtype=torch.float64)
+    assert layer._folds_into_weight(x)
+    monkeypatch.setattr(layer, "_gradient_route", lambda matrix, rows: route)
+    trained = [x, layer.base_layer.weight, *layer.surm_matrix.parameters()]
+    got = torch.autograd.grad((layer(x) * upstream).sum(), trained)
+    want = torch.autograd.grad((structured_forward(layer, x) * upstream).sum(), trained)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
 def test_folded_training_output_takes_in_place_ops_and_parameters_must_not_change_before_backward():

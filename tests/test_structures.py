@@ -86,8 +86,11 @@ def test_forward_and_dense_match_reference(name, shape):
     s = build(name, in_features, out_features)
     reference = reference_dense(s)
     assert reference.shape == (out_features, in_features)
-    torch.testing.assert_close(s.to_dense(), reference, rtol=1e-12, atol=1e-12)
-    assert s.to_dense().stride(-1) == 1  # rows contiguous, as a weight's: W₀ + S must not transpose
+    dense = s.to_dense()
+    torch.testing.assert_close(dense, reference, rtol=1e-12, atol=1e-12)
+    assert dense.is_contiguous()  # as a weight's: W₀ + S must not transpose
+    # a new tensor, which a folding layer may overwrite: no storage shared with the parameters
+    assert all(dense.untyped_storage().data_ptr() != p.untyped_storage().data_ptr() for p in s.parameters())
     x = torch.randn(2, 3, in_features, dtype=torch.float64)
     y = s(x)
     assert y.shape == (2, 3, out_features) and y.dtype == torch.float64

@@ -140,7 +140,7 @@ class Linear(nn.Module, SurmLayer):
             result = self.quantization_backend.maybe_clone_base_result(result)
         for adapter in self._active_surm():
             delta = self.surm_matrix[adapter](self.surm_dropout[adapter](x))
-            result = result + (delta * self.scaling[adapter]).to(result.dtype)
+            result = torch.add(result, delta.to(result.dtype), alpha=self.scaling[adapter])
         return result
 
     def _folds_into_weight(self, x: torch.Tensor) -> bool:
@@ -148,7 +148,9 @@ class Linear(nn.Module, SurmLayer):
 
         Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the structured
         product: in inference all of it, S's forward (``forward_flops_per_row``) and adding α·S(x) to the
-        output (about five passes over a row of y), so that the layer folds at 768 × 768 from 118
+        output (five passes over a row of y, counted when α·S(x) was a tensor of its own; one ``torch.add``
+        makes three now, the count kept as the measured crossovers at 768 wide lie below the model's for
+        every structure but LDR: bench/README.md, change 23), so that the layer folds at 768 × 768 from 118
         (Toeplitz), 211 (circulant), 320 (LDR r = 1) and 425 (Kronecker) rows, at 4096 × 4096 from
         529–1,619 (lowrank 2,905) (the model's; bench/fold_rows.py --mode inference measures the
         crossovers); in training its
@@ -214,8 +216,11 @@ class Linear(nn.Module, SurmLayer):
             route = self._gradient_route(self.surm_matrix[adapter], rows)
             with torch.set_grad_enabled(route == "dense"):
                 dense = self._dense_structure(adapter).to(weight.dtype)
-            # one pass, no α·S in between; on a bf16/fp16 weight S is rounded before α, about an ulp from merge()
-            weight = torch.add(weight, dense, alpha=self.scaling[adapter])
+            # one pass, no α·S in between; on a bf16/fp16 weight S is rounded before α, about an ulp from merge().
+            # Without gradients the sum goes into S's dense tensor (new, ours): one m × n allocation fewer, whose
+            # fresh pages cost more than the add itself at 4096 × 4096 on CPU (bench/README.md, change 23).
+            out = None if weight.requires_grad or dense.requires_grad else dense
+            weight = torch.add(weight, dense, alpha=self.scaling[adapter], out=out)
             if route == "transforms":
                 by_transforms.append(adapter)
         result = nn.functional.linear(x, weight, base.bias)

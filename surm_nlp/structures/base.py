@@ -110,8 +110,8 @@ class StructuredMatrix(nn.Module):
         raise NotImplementedError
 
     def to_dense(self) -> torch.Tensor:
-        """W as a dense (out_features, in_features) tensor, differentiable w.r.t. the parameters: O(mn)
-        work (times the rank for lowrank and ldr)."""
+        """W as a new, contiguous dense (out_features, in_features) tensor, differentiable w.r.t. the
+        parameters: O(mn) work (times the rank for lowrank and ldr). A folding layer writes into it."""
         raise NotImplementedError
 
     @property
