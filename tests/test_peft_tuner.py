@@ -17,7 +17,7 @@ from peft.utils.peft_types import PeftType
 from tiny_models import ENCODER, tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, token_ids
 
 from surm_nlp import STRUCTURES, SurmConfig, SurmModel, make_structure
-from surm_nlp.lora import SurmLayer
+from surm_nlp.lora import Linear, SurmLayer
 
 BERT_TARGETS = ["query", "value", "intermediate.dense"]  # 32×32, 32×32 and rectangular 32 → 48
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -225,12 +225,28 @@ def test_folded_training_of_a_trainable_base_weight_gives_its_gradient(route, mo
     x = torch.randn(3, 16, 32, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(3, 16, 48, dtype=torch.float64)
     assert layer._folds_into_weight(x)
+    monkeypatch.setattr(layer, "_folds_into_weight", lambda _: True)
     monkeypatch.setattr(layer, "_gradient_route", lambda matrix, rows: route)
     trained = [x, layer.base_layer.weight, *layer.surm_matrix.parameters()]
     got = torch.autograd.grad((layer(x) * upstream).sum(), trained)
     want = torch.autograd.grad((structured_forward(layer, x) * upstream).sum(), trained)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (48, 32)])
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_the_fold_writes_into_s_dense_tensor_only_where_no_gradient_or_larger_buffer_is_kept(structure, shape):
+    """W₀ + αS goes into S's dense tensor without gradients; in grad mode (the sum saved for ∂x) only where that
+    tensor is all of its storage: LDR's (out ≥ in) views a buffer of twice its size, which would stay alive."""
+    weight = torch.randn(shape[1], shape[0])
+    with torch.no_grad():
+        dense = make_structure(structure, *shape).to_dense()
+        assert Linear._sum_buffer(weight, dense) is dense
+    whole = dense.untyped_storage().nbytes() == dense.numel() * dense.element_size()
+    assert whole == (structure != "ldr" or shape[1] < shape[0])
+    assert (Linear._sum_buffer(weight, dense) is dense) == whole
+    assert Linear._sum_buffer(weight.requires_grad_(), dense) is None
 
 
 def test_folded_training_output_takes_in_place_ops_and_parameters_must_not_change_before_backward():

@@ -140,6 +140,7 @@ class Linear(nn.Module, SurmLayer):
             result = self.quantization_backend.maybe_clone_base_result(result)
         for adapter in self._active_surm():
             delta = self.surm_matrix[adapter](self.surm_dropout[adapter](x))
+            # one pass; where y's dtype differs from S(x)'s (autocast), S(x) is rounded to it before α
             result = torch.add(result, delta.to(result.dtype), alpha=self.scaling[adapter])
         return result
 
@@ -149,8 +150,8 @@ class Linear(nn.Module, SurmLayer):
         Folding costs S once per forward (``dense_flops``, O(mn)) and saves, per row of x, the structured
         product: in inference all of it, S's forward (``forward_flops_per_row``) and adding α·S(x) to the
         output (five passes over a row of y, counted when α·S(x) was a tensor of its own; one ``torch.add``
-        makes three now, the count kept as the measured crossovers at 768 wide lie below the model's for
-        every structure but LDR: bench/README.md, change 23), so that the layer folds at 768 × 768 from 118
+        makes three now, the count kept as the crossovers measured at 768 wide, with five, lie below the
+        model's for every structure but LDR: bench/README.md, change 23), so that the layer folds at 768 × 768 from 118
         (Toeplitz), 211 (circulant), 320 (LDR r = 1) and 425 (Kronecker) rows, at 4096 × 4096 from
         529–1,619 (lowrank 2,905) (the model's; bench/fold_rows.py --mode inference measures the
         crossovers); in training its
@@ -216,11 +217,8 @@ class Linear(nn.Module, SurmLayer):
             route = self._gradient_route(self.surm_matrix[adapter], rows)
             with torch.set_grad_enabled(route == "dense"):
                 dense = self._dense_structure(adapter).to(weight.dtype)
-            # one pass, no α·S in between; on a bf16/fp16 weight S is rounded before α, about an ulp from merge().
-            # Without gradients the sum goes into S's dense tensor (new, ours): one m × n allocation fewer, whose
-            # fresh pages cost more than the add itself at 4096 × 4096 on CPU (bench/README.md, change 23).
-            out = None if weight.requires_grad or dense.requires_grad else dense
-            weight = torch.add(weight, dense, alpha=self.scaling[adapter], out=out)
+            # one pass, no α·S in between; on a bf16/fp16 weight S is rounded before α, about an ulp from merge()
+            weight = torch.add(weight, dense, alpha=self.scaling[adapter], out=self._sum_buffer(weight, dense))
             if route == "transforms":
                 by_transforms.append(adapter)
         result = nn.functional.linear(x, weight, base.bias)
@@ -228,6 +226,17 @@ class Linear(nn.Module, SurmLayer):
             matrix = self.surm_matrix[adapter]
             result = WithParameterGrads.apply(result, x, matrix, self.scaling[adapter], *matrix.parameters())
         return result
+
+    @staticmethod
+    def _sum_buffer(weight: torch.Tensor, dense: torch.Tensor) -> torch.Tensor | None:
+        """S's dense tensor (new, ours) to write W₀ + αS into, saving an m × n allocation whose fresh pages cost
+        more than the add at 4096 × 4096 on CPU (bench/README.md, change 23); None (a new tensor) where either
+        takes a gradient (autograd takes no ``out=``) or where the sum, saved for ∂x, would keep a larger
+        buffer alive (LDR's dense form is a view of one twice its size)."""
+        if weight.requires_grad or dense.requires_grad:
+            return None
+        whole = dense.untyped_storage().nbytes() == dense.numel() * dense.element_size()
+        return dense if whole or not torch.is_grad_enabled() else None
 
     def __repr__(self) -> str:
         return "surm." + super().__repr__()
