@@ -3,7 +3,7 @@
 DeepSpeed: ``accelerate launch --config_file accelerate_configs/deepspeed_zero{2,3}.yaml`` runs
 ``tests/distributed/train_tiny_llama.py``, which trains a few steps through the Trainer and saves the adapter.
 FSDP (GPU-only in accelerate): ``torchrun`` runs ``tests/distributed/fsdp_tiny_llama.py`` with fsdp.yaml's setup.
-Each saved adapter is reloaded here on one process and must give the distributed model's outputs. About 40 s
+Each saved adapter is reloaded here on one process and must give the distributed model's outputs. About 15 s
 per launch on 2 cores, once DeepSpeed has built its shared-memory op (cached in ~/.cache/torch_extensions).
 """
 

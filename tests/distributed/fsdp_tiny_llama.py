@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from clean_exit import exit_when_all_ranks_are_done
 from peft import get_peft_model
 from peft.utils.other import fsdp_auto_wrap_policy
 from tiny_models import tiny_llama
@@ -74,8 +75,8 @@ def main() -> None:
             },
             Path(cli.output_dir) / "fsdp.pt",
         )
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    exit_when_all_ranks_are_done()

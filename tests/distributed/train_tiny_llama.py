@@ -14,6 +14,7 @@ from pathlib import Path
 
 import deepspeed
 import torch
+from clean_exit import exit_when_all_ranks_are_done
 from peft import get_peft_model
 from transformers import LlamaForCausalLM, TrainingArguments, training_args
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -120,9 +121,8 @@ def main() -> None:
             },
             Path(cli.output_dir) / "gathered.pt",
         )
-    if torch.distributed.is_initialized():  # a clean exit: left to interpreter teardown, rank 0 once aborted
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    exit_when_all_ranks_are_done()
