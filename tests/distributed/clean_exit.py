@@ -1,8 +1,9 @@
 """How the distributed test scripts end: all ranks done, the process group destroyed, no interpreter teardown.
 
 Gloo's teardown has aborted runs whose work was all done (SIGABRT, "terminate called without an active
-exception"): rank 0 at interpreter exit with the group left alive, later rank 1 destroying the group while
-rank 0 still wrote its results. Everything a script writes is closed before this, and the tests check it.
+exception"): rank 0 at interpreter exit with the group left alive, later rank 1 in a run whose ranks destroyed
+the group without waiting for each other. So every rank waits for the others before destroying it, and none
+runs the interpreter's teardown. Everything a script writes is closed by then, and the tests check it.
 """
 
 from __future__ import annotations
