@@ -63,6 +63,7 @@ from surm_nlp.glue import (
     saved_adapter_files,
     saved_method,
 )
+from surm_nlp.trainer import end_distributed_run
 
 logger = logging.getLogger(__name__)
 
@@ -435,3 +436,4 @@ def infer_columns(raw: DatasetDict) -> tuple[tuple[str, ...], bool, tuple[str, .
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()

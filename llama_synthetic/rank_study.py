@@ -42,7 +42,7 @@ from transformers import (
 
 from surm_nlp import SurmConfig
 from surm_nlp.structures import rank_options
-from surm_nlp.trainer import SurmTrainer
+from surm_nlp.trainer import SurmTrainer, end_distributed_run
 
 from .data import IGNORE_INDEX, TokenDataset, make_split, make_task
 
@@ -385,3 +385,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()

@@ -1,8 +1,10 @@
-"""A ``transformers.Trainer`` that also works under DeepSpeed when only adapter weights train."""
+"""A ``transformers.Trainer`` that also works under DeepSpeed when only adapter weights train, and the end of a
+script that trains with it under ``accelerate launch``."""
 
 from __future__ import annotations
 
 import torch
+from accelerate import PartialState
 from transformers import Trainer
 
 
@@ -18,3 +20,12 @@ class SurmTrainer(Trainer):
         optimizer = super().create_optimizer()
         optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
         return optimizer
+
+
+def end_distributed_run() -> None:
+    """Wait for every process, then destroy the process group (as ``Accelerator.end_training`` does), before the
+    interpreter's teardown: left alive, gloo has aborted runs on CPU at exit after all their work was done, and
+    NCCL warns. Nothing to do in a single process."""
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
