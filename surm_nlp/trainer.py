@@ -1,5 +1,5 @@
-"""A ``transformers.Trainer`` that also works under DeepSpeed when only adapter weights train, and the end of a
-script that trains with it under ``accelerate launch``."""
+"""A ``transformers.Trainer`` that also works under DeepSpeed when only adapter weights train, and how a Trainer
+script ends under ``accelerate launch``."""
 
 from __future__ import annotations
 
