@@ -11,10 +11,12 @@ reference's step in the same round, with a 95 % confidence interval — trainabl
     python bench/step_time.py --output bench/step_time.json                   # training steps
     python bench/step_time.py --mode inference --output bench/inference.json  # merged / un-merged
     python bench/step_time.py --variants "lora r=8" "surm-lora ldr" --before ../before --time_parts  # a change
+    python bench/step_time.py --variants "lora r=8" "surm-lora circulant" --compile  # eager and compiled
 
 ``--before`` runs each SURM variant (not the merged ones) also with another checkout's structures (the
 A/B of a change to them in one process); ``--time_parts`` adds the time that the structures' ``to_dense``
-and ``parameter_grads`` take inside the steps.
+and ``parameter_grads`` take inside the steps; ``--compile`` runs each variant also under ``torch.compile``
+as "<variant> (compiled)", its ratio taken to the compiled reference, and prints compiled / eager.
 
 Training step = forward, cross-entropy, backward, AdamW step. Peak memory: on CUDA the peak
 allocated memory of each variant's step; on CPU the peak resident memory of a fresh process that
@@ -128,6 +130,15 @@ def with_structures_of(build: Build, structures: ModuleType) -> Build:
         return model
 
     return build_before
+
+
+COMPILED = " (compiled)"  # the name suffix of a variant under --compile
+
+
+def compiled(build: Build) -> Build:
+    """The variant under ``torch.compile`` (default inductor backend): its forward and backward compiled, the
+    optimizer step eager. Compiling happens in the first warm-up step."""
+    return lambda model: torch.compile(build(model))
 
 
 def merged(build: Build) -> Build:
@@ -265,14 +276,16 @@ def format_ratio(ratio: float, interval: tuple[float, float] | None) -> str:
 def add_ratios(rows: dict[str, dict], reference: str) -> None:
     """Each row's ratio to ``reference``: of the medians, and paired, the median over rounds of
     (this step / the reference's step in the same round) with its 95 % interval. Rounds are
-    interleaved, so the paired ratio cancels the machine's drift that widens the medians' ratio."""
-    if reference not in rows:
-        return
-    for row in rows.values():
-        row["vs_reference"] = row["median_s"] / rows[reference]["median_s"]
-        row["paired_ratio"], row["paired_ratio_ci95"] = paired_ratio(row["times_s"], rows[reference]["times_s"])
-        if row["peak_bytes"] and rows[reference]["peak_bytes"]:
-            row["memory_vs_reference"] = row["peak_bytes"] / rows[reference]["peak_bytes"]
+    interleaved, so the paired ratio cancels the machine's drift that widens the medians' ratio. A compiled
+    row (``--compile``) is taken to the compiled reference."""
+    for name, row in rows.items():
+        own = f"{reference}{COMPILED}" if name.endswith(COMPILED) else reference
+        if own not in rows:
+            continue
+        row["vs_reference"] = row["median_s"] / rows[own]["median_s"]
+        row["paired_ratio"], row["paired_ratio_ci95"] = paired_ratio(row["times_s"], rows[own]["times_s"])
+        if row["peak_bytes"] and rows[own]["peak_bytes"]:
+            row["memory_vs_reference"] = row["peak_bytes"] / rows[own]["peak_bytes"]
 
 
 def cpu_peak_memory(args: argparse.Namespace, variant: str) -> int:
@@ -330,11 +343,19 @@ def main() -> None:
         help="a checkout of the code before a change to surm_nlp/structures: each SURM variant also runs as "
         "'<variant> (before)' with that code's structured products, dense forms and parameter gradients",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run each variant under torch.compile, as '<variant> (compiled)' (no peak memory for these: on "
+        "CPU a fresh process's peak would be the compiler's)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
     if args.time_parts and args.device.startswith("cuda"):
         parser.error("--time_parts times CPU calls; on CUDA they return before the kernels finish")
+    if args.time_parts and args.compile:
+        parser.error("--time_parts wraps Python methods, which a compiled graph does not call: not with --compile")
     defaults = TRAIN_VARIANTS if args.mode == "train" else INFERENCE_VARIANTS
     variants = defaults | TRAIN_ABLATIONS if args.mode == "train" else dict(defaults)
     args.variants = args.variants or list(defaults)
@@ -349,6 +370,11 @@ def main() -> None:
         variants |= {f"{name} (before)": with_structures_of(variants[name], structures) for name in changed}
         args.variants += [f"{name} (before)" for name in changed]
         args.no_memory = True  # the memory processes build variants by name, without the other checkout
+    if args.compile:
+        # each variant compiles the same frames (the PEFT model's forward) again: more than dynamo's default 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.variants))
+        variants |= {f"{name}{COMPILED}": compiled(variants[name]) for name in args.variants}
+        args.variants += [f"{name}{COMPILED}" for name in args.variants]
 
     runners = build_runners(args, variants)
     if args.time_parts:
@@ -359,7 +385,8 @@ def main() -> None:
     del runners
     if not args.device.startswith("cuda") and not args.no_memory:
         for name in rows:
-            rows[name]["peak_bytes"] = cpu_peak_memory(args, name)
+            if not name.endswith(COMPILED):
+                rows[name]["peak_bytes"] = cpu_peak_memory(args, name)
     reference = "lora r=8" if args.mode == "train" else "base"
     add_ratios(rows, reference)
 
@@ -368,6 +395,7 @@ def main() -> None:
         "mode": args.mode, "model_type": args.model_type, "batch": [args.batch_size, args.seq_len],
         "dtype": str(args.dtype), "repeats": args.repeats, "reference": reference,
         "before": str(args.before) if args.before else None, "time_parts": args.time_parts,
+        "compile": args.compile,
     }  # fmt: skip
     print(json.dumps(meta))
     params = "trainable" if args.mode == "train" else "params"
@@ -383,6 +411,9 @@ def main() -> None:
         if name.endswith(" (before)"):
             r["after_vs_before"] = paired_ratio(rows[name.removesuffix(" (before)")]["times_s"], r["times_s"])
             print(f"{name.removesuffix(' (before)'):<42} after / before {format_ratio(*r['after_vs_before'])}")
+        if name.endswith(COMPILED):
+            r["compiled_vs_eager"] = paired_ratio(r["times_s"], rows[name.removesuffix(COMPILED)]["times_s"])
+            print(f"{name.removesuffix(COMPILED):<42} compiled / eager {format_ratio(*r['compiled_vs_eager'])}")
     if args.time_parts:
         print(f"{'variant':<42} " + " ".join(f"{part + ' ms/step':>24}" for part in PARTS))
         for name, r in rows.items():

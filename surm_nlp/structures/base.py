@@ -235,6 +235,14 @@ class IndexedStructuredMatrix(StructuredMatrix):
         """c of length L with W = C(c)[:m, :n], the circulant whose product is S(x) (:func:`~.fft.circulant_matmul`)."""
         raise NotImplementedError
 
+    def _kernel_adjoint(self, grad_kernel: torch.Tensor) -> torch.Tensor:
+        """∂p from ∂c: the adjoint of the linear map p ↦ ``kernel()``."""
+        raise NotImplementedError
+
+    def _diagonals_adjoint(self, grad_diagonals: torch.Tensor) -> torch.Tensor:
+        """∂p from ∂t: each p[k] gets the sum over the diagonals it lies on (``_diagonal_positions``)."""
+        return grad_diagonals.new_zeros(self.weight.shape).index_add_(-1, self._diagonal_positions(), grad_diagonals)
+
     def product(self, x: torch.Tensor) -> torch.Tensor:
         return circulant_matmul(self.kernel(), x, self.out_features)
 
@@ -248,17 +256,20 @@ class IndexedStructuredMatrix(StructuredMatrix):
 
     @property
     def parameter_grad_flops_per_row(self) -> float:
-        return fft_flops(self.fft_size, 2)  # rfft(x), rfft(∂y)
+        return self._kernel_correlation_flops_per_row
+
+    @property
+    def _kernel_correlation_flops_per_row(self) -> float:
+        """Work of the kernel's correlation (``parameter_grads``) per row: rfft(x), rfft(∂y) of length L."""
+        return fft_flops(self.fft_size, 2)
 
     def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
         if not self.weight.requires_grad:
             return [None]
-        with torch.enable_grad():
-            kernel = self.kernel()
-        size, dtype = kernel.shape[-1], fft_dtype(kernel, x, grad_y)
+        size, dtype = self.fft_size, fft_dtype(self.weight, x, grad_y)
         x_spectrum, grad_spectrum = (torch.fft.rfft(t.to(dtype), n=size) for t in (x, grad_y))
-        grad_kernel = kernel_correlation_(grad_spectrum, x_spectrum, kernel.shape).to(kernel.dtype)
-        return list(torch.autograd.grad(kernel, [self.weight], grad_kernel))
+        grad_kernel = kernel_correlation_(grad_spectrum, x_spectrum, (size,))
+        return [self._kernel_adjoint(grad_kernel).to(self.weight.dtype)]
 
     def to_dense(self) -> torch.Tensor:
         # Upside down, W is the Hankel matrix W[m − 1 − i, j] = t̄[i + j] of t reversed: its windows of

@@ -27,3 +27,6 @@ class Circulant(IndexedStructuredMatrix):
 
     def kernel(self) -> torch.Tensor:
         return self.weight
+
+    def _kernel_adjoint(self, grad_kernel: torch.Tensor) -> torch.Tensor:
+        return grad_kernel

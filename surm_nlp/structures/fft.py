@@ -142,13 +142,15 @@ def circulant_matmul(kernel: torch.Tensor, x: torch.Tensor, out_features: int) -
 
 def cached_constant(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``functools.lru_cache`` for a constant tensor of this code (a twist, a mask), as FFT plans are cached;
-    bypassed while a fake-tensor mode traces (``torch.export``, ``make_fx``), whose fake tensors must be neither
-    cached for later real calls nor mixed with cached real ones."""
+    bypassed while ``torch.compile`` or a fake-tensor mode traces (``torch.export``, ``make_fx``): the constant
+    is then made in the graph, and fake tensors are neither cached for later real calls nor mixed with cached
+    real ones."""
     cached = functools.lru_cache(maxsize=64)(function)
 
     @functools.wraps(function)
     def constant(*key: Any) -> torch.Tensor:
-        return function(*key) if detect_fake_mode() is not None else cached(*key)
+        tracing = torch.compiler.is_compiling() or detect_fake_mode() is not None
+        return function(*key) if tracing else cached(*key)
 
     return constant
 
@@ -198,3 +200,10 @@ def toeplitz_kernel(diagonals: torch.Tensor, in_features: int, size: int) -> tor
     if gap < 0:
         raise ValueError(f"a circulant of length {size} cannot hold {diagonals.shape[-1]} diagonals")
     return torch.cat([lower, lower.new_zeros(*lower.shape[:-1], gap), upper], dim=-1)
+
+
+def toeplitz_diagonals(kernel: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """The m + n − 1 diagonals t that :func:`toeplitz_kernel` places in ``kernel``: its inverse, and its adjoint
+    (∂t from ∂c), as the placement copies each t[k] to one entry of c."""
+    size = kernel.shape[-1]
+    return torch.cat([kernel[..., size - in_features + 1 :], kernel[..., :out_features]], dim=-1)

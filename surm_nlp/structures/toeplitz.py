@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import IndexedStructuredMatrix
-from .fft import fast_fft_size, fft_dtype, fft_flops, toeplitz_correlation, toeplitz_kernel
+from .fft import fast_fft_size, fft_dtype, fft_flops, toeplitz_correlation, toeplitz_diagonals, toeplitz_kernel
 
 
 class Toeplitz(IndexedStructuredMatrix):
@@ -40,6 +40,12 @@ class Toeplitz(IndexedStructuredMatrix):
     def kernel(self) -> torch.Tensor:
         return toeplitz_kernel(self.diagonals(), self.in_features, self.fft_size)
 
+    def _kernel_adjoint(self, grad_kernel: torch.Tensor) -> torch.Tensor:
+        return self._diagonals_adjoint(toeplitz_diagonals(grad_kernel, self.in_features, self.out_features))
+
+    def _diagonals_adjoint(self, grad_diagonals: torch.Tensor) -> torch.Tensor:
+        return grad_diagonals  # t itself
+
     @property
     def _correlation_flops_per_row(self) -> float:
         """Work of :func:`~.fft.toeplitz_correlation` per row: two rffts and two negacyclic transforms of
@@ -51,11 +57,11 @@ class Toeplitz(IndexedStructuredMatrix):
     def _correlates_unpadded(self) -> bool:
         """Whether ``parameter_grads`` takes :func:`~.fft.toeplitz_correlation` (cheaper for square W)
         rather than the zero-padded kernel's correlation (cheaper for 768 × 3072)."""
-        return self._correlation_flops_per_row < super().parameter_grad_flops_per_row
+        return self._correlation_flops_per_row < self._kernel_correlation_flops_per_row
 
     @property
     def parameter_grad_flops_per_row(self) -> float:
-        return self._correlation_flops_per_row if self._correlates_unpadded else super().parameter_grad_flops_per_row
+        return min(self._correlation_flops_per_row, self._kernel_correlation_flops_per_row)
 
     @property
     def parameter_grad_elements_per_row(self) -> int:
@@ -64,11 +70,9 @@ class Toeplitz(IndexedStructuredMatrix):
     def parameter_grads(self, x: torch.Tensor, grad_y: torch.Tensor) -> list[torch.Tensor | None]:
         if not self.weight.requires_grad or not self._correlates_unpadded:
             return super().parameter_grads(x, grad_y)
-        with torch.enable_grad():
-            diagonals = self.diagonals()
-        dtype = fft_dtype(diagonals, x, grad_y)
+        dtype = fft_dtype(self.weight, x, grad_y)
         grad = toeplitz_correlation(grad_y.to(dtype), x.to(dtype), self.out_features, self.in_features)
-        return list(torch.autograd.grad(diagonals, [self.weight], grad.to(diagonals.dtype)))
+        return [self._diagonals_adjoint(grad).to(self.weight.dtype)]
 
 
 class SymmetricToeplitz(Toeplitz):
@@ -82,3 +86,6 @@ class SymmetricToeplitz(Toeplitz):
 
     def diagonals(self) -> torch.Tensor:
         return IndexedStructuredMatrix.diagonals(self)  # the gather: Toeplitz's weight is not t here
+
+    def _diagonals_adjoint(self, grad_diagonals: torch.Tensor) -> torch.Tensor:
+        return IndexedStructuredMatrix._diagonals_adjoint(self, grad_diagonals)
