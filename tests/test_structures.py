@@ -19,6 +19,7 @@ from surm_nlp.structures.fft import (
     negacyclic_fft,
     negacyclic_ifft,
     toeplitz_correlation,
+    toeplitz_diagonals,
     toeplitz_kernel,
 )
 
@@ -508,6 +509,16 @@ def test_toeplitz_kernel_embeds_toeplitz():
         torch.testing.assert_close(f_circulant(toeplitz_kernel(t, n, size), 1.0)[:m, :n], want)
     with pytest.raises(ValueError, match="cannot hold 11 diagonals"):
         toeplitz_kernel(t, n, 10)
+
+
+def test_toeplitz_diagonals_inverts_and_is_the_adjoint_of_toeplitz_kernel():
+    """t read back from its kernel, and ⟨toeplitz_kernel(t), c⟩ = ⟨t, toeplitz_diagonals(c)⟩ for every c (what
+    a folded Toeplitz layer's parameter gradient takes it for)."""
+    torch.manual_seed(0)
+    for m, n, size in [(5, 7, 11), (5, 7, 16), (7, 5, 12), (1, 6, 6), (6, 1, 8)]:
+        t, c = torch.randn(m + n - 1, dtype=torch.float64), torch.randn(size, dtype=torch.float64)
+        torch.testing.assert_close(toeplitz_diagonals(toeplitz_kernel(t, n, size), n, m), t, rtol=0, atol=0)
+        torch.testing.assert_close(toeplitz_kernel(t, n, size) @ c, t @ toeplitz_diagonals(c, n, m))
 
 
 @pytest.mark.parametrize(("m", "n"), [(8, 8), (7, 7), (5, 12), (12, 5), (1, 6), (6, 1), (1, 1)])
