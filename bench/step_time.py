@@ -356,6 +356,8 @@ def main() -> None:
         parser.error("--time_parts times CPU calls; on CUDA they return before the kernels finish")
     if args.time_parts and args.compile:
         parser.error("--time_parts wraps Python methods, which a compiled graph does not call: not with --compile")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile compiles in the first warm-up step, which would otherwise be timed: --warmup 1 or more")
     defaults = TRAIN_VARIANTS if args.mode == "train" else INFERENCE_VARIANTS
     variants = defaults | TRAIN_ABLATIONS if args.mode == "train" else dict(defaults)
     args.variants = args.variants or list(defaults)
