@@ -229,15 +229,13 @@ class Linear(nn.Module, SurmLayer):
 
     @staticmethod
     def _sum_buffer(weight: torch.Tensor, dense: torch.Tensor) -> torch.Tensor | None:
-        """S's dense tensor (new, ours) to write W₀ + αS into, saving an m × n allocation whose fresh pages cost
-        more than the add at 4096 × 4096 on CPU (bench/README.md, change 23); None (a new tensor) where either
-        takes a gradient (autograd takes no ``out=``) or where the sum, saved for ∂x, would keep a larger
-        buffer alive (LDR's dense form is a view of one twice its size); None while compiling too, whose
-        graphs plan their own buffers."""
+        """S's dense tensor (new, ours, all of its storage) to write W₀ + αS into, saving an m × n allocation whose
+        fresh pages cost more than the add at 4096 × 4096 on CPU (bench/README.md, change 23); None (a new
+        tensor) where either takes a gradient (autograd takes no ``out=``), and while compiling, whose graphs
+        plan their own buffers."""
         if weight.requires_grad or dense.requires_grad or torch.compiler.is_compiling():
             return None
-        whole = dense.untyped_storage().nbytes() == dense.numel() * dense.element_size()
-        return dense if whole or not torch.is_grad_enabled() else None
+        return dense
 
     def __repr__(self) -> str:
         return "surm." + super().__repr__()

@@ -110,7 +110,7 @@ class StructuredMatrix(nn.Module):
         raise NotImplementedError
 
     def to_dense(self) -> torch.Tensor:
-        """W as a new, contiguous dense (out_features, in_features) tensor (it may view a larger new buffer),
+        """W as a new, contiguous dense (out_features, in_features) tensor, all of its own storage,
         differentiable w.r.t. the parameters: O(mn) work (times the rank for lowrank and ldr). A folding layer
         may write into it."""
         raise NotImplementedError

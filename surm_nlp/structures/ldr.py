@@ -25,7 +25,6 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .base import DENSE_PASS_FLOPS, StructuredMatrix, require_positive_int
 from .fft import (
-    cached_constant,
     circulant_matmul,
     correlation_spectrum_,
     fft_dtype,
@@ -98,29 +97,22 @@ class LdrMatmul(torch.autograd.Function):
         return *grads, None
 
 
-@cached_constant
-def _below_diagonal(rows: int, columns: int, device: torch.device) -> torch.Tensor:
-    """The bool mask a > b of a rows × columns matrix (only read, never saved for a backward, so one made in
-    inference mode serves training too)."""
-    return torch.ones(rows, columns, dtype=torch.bool, device=device).tril_(-1)
+def _diagonal_prefix_sums_(buffer: torch.Tensor, sign: int) -> torch.Tensor:
+    """P[a, b] = Σ_{t ≤ b} ±x[(a − b + t) mod N, t] for an N × n x (n ≤ N), with its columns reversed: P[:, ::-1] as
+    a view of ``buffer``. A term whose diagonal wraps past the last row on its way to (a, b) is added times
+    ``sign`` (±1).
 
-
-def _diagonal_cumsum_(stacked: torch.Tensor, sign: int) -> torch.Tensor:
-    """P[a, b] = Σ_{t ≤ b} ±x[(a − b + t) mod N, t], prefix sums along the wrapped diagonals of the
-    N × n x (n ≤ N) in ``stacked[0]`` of a (2, N, n) buffer; P is returned in ``stacked[1]``. A term
-    whose diagonal wraps past the last row on its way to (a, b) is added times ``sign`` (±1).
-
-    With x stacked on itself, the diagonal from (d, 0) is the strided row (d + t)·n + t, t < n, of
-    the buffer, scanned in place for d = 1 … N; it ends in the first copy below the main diagonal
-    (a > b) and in the second on and above it, where the terms from the first copy wrapped.
+    ``buffer`` (N + n − 1, n) holds in its last N rows x's diagonals as rows, Q[d, t] = ±x[(d + t) mod N, t]
+    (times ``sign`` where d + t ≥ N, past the wrap); its first n − 1 rows are scratch. The sums run along those
+    rows, contiguous, in place; the diagonals d − N of the upper triangle (the same diagonals, whose terms
+    all wrap) are ``sign`` times the last n − 1 rows, copied above them; and P is their shear,
+    P[a, b] = buffer[a − b + n − 1, b]: with b reversed a view of strides (n, n − 1).
     """
-    rows, columns = stacked.shape[-2:]
-    stacked[1] = stacked[0]
-    if sign < 0:
-        stacked[0].neg_()
-    stacked.as_strided((rows, columns), (columns, columns + 1), columns).cumsum_(1)
-    below = stacked[0] if sign > 0 else stacked[0].neg_()
-    return torch.where(_below_diagonal(rows, columns, stacked.device), below, stacked[1], out=stacked[1])
+    rows, columns = buffer.shape
+    size = rows - columns + 1
+    diagonals = buffer[columns - 1 :].cumsum_(1)
+    torch.mul(diagonals[size - columns + 1 :], sign, out=buffer[: columns - 1])
+    return buffer.view(-1)[columns - 1 :].as_strided((size, columns), (columns, columns - 1))  # from its offset
 
 
 def _reflected(v: torch.Tensor, sign: int) -> torch.Tensor:
@@ -130,41 +122,66 @@ def _reflected(v: torch.Tensor, sign: int) -> torch.Tensor:
 
 class LdrDense(torch.autograd.Function):
     """The first n ≤ N columns (N × n) of W = Σᵢ Z₁(gᵢ) Z₋₁(hᵢ) (``sign`` 1), or of
-    M = Σᵢ Z₋₁(gᵢ) Z₁(hᵢ) (``sign`` −1), dense in O(r·N·n) from the displacement of rank r.
+    M = Σᵢ Z₋₁(gᵢ) Z₁(hᵢ) (``sign`` −1), dense in O(r·N·n) from the displacement of rank r; their
+    transpose (n × N) where ``transposed``.
 
     Column by column W[:, j + 1] = roll(W[:, j], 1) − 2 Σᵢ gᵢ hᵢ[N − 1 − j] (Z₁W − WZ₋₁ = 2 Σᵢ gᵢ
     reverse(hᵢ)ᵀ), so these columns are the prefix sums along wrapped diagonals of
     F = [c | −2 Σᵢ gᵢ (hᵢ[N − 1], …, hᵢ[N − n + 1])] = [c | Gᵀ]·[e₀ | −2 H̄], with the first column
     c given (its gradient flows on through the product that made it); M's are the same with
-    +2 and each term negated where it wraps (the skew-circulant Z₋₁ on the left). The backward needs the
-    suffix sums along the diagonals of ∂W: the prefix sums of ∂W rotated by 180°, rotated back.
-    Saves only g and h.
+    +2 and each term negated where it wraps (the skew-circulant Z₋₁ on the left). F's diagonals are
+    Hankel: Q[d, t] = ±Σᵢ gᵢ[(d + t) mod N]·(−2 hᵢ[N − t]), r products of a strided view of gᵢ
+    (``_diagonal_prefix_sums_``). The backward needs the suffix sums along the diagonals of ∂W: the prefix
+    sums of ∂W rotated by 180°, rotated back. Saves only g and h.
     """
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, first_column: torch.Tensor, g: torch.Tensor, h: torch.Tensor, columns: int, sign: int
+        ctx: FunctionCtx,
+        first_column: torch.Tensor,
+        g: torch.Tensor,
+        h: torch.Tensor,
+        columns: int,
+        sign: int,
+        transposed: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(g, h)
-        ctx.sign = sign
+        ctx.sign, ctx.transposed = sign, transposed
         rank, size = g.shape
-        stacked, right = g.new_empty(2, size, columns), g.new_zeros(rank + 1, columns)
-        right[0, 0], right[1:, 1:] = 1, -2 * sign * h[:, size - columns + 1 :].flip(-1)
-        torch.mm(torch.cat([first_column[:, None], g.T], dim=1), right, out=stacked[0])  # F
-        return _diagonal_cumsum_(stacked, sign)
+        buffer = g.new_empty(size + columns - 1, columns)
+        diagonals = buffer[columns - 1 :]
+        # gᵢ continued past N times sign (the wrap), as the Hankel rows gᵢ[d … d + n − 1] of each diagonal d
+        continued = torch.cat([g, sign * g[:, : columns - 1]], dim=1)
+        # −2 hᵢ[N − t] for t = 1 … n − 1, after a 0 for t = 0 (column 0 is c, set below)
+        weights = nn.functional.pad(-2 * sign * h[:, size - columns + 1 :].flip(-1), (1, 0))
+        for i in range(rank):
+            hankel = continued[i].as_strided((size, columns), (1, 1))  # gᵢ[d + t]
+            if i == 0:
+                torch.mul(hankel, weights[0], out=diagonals)
+            else:
+                diagonals.addcmul_(hankel, weights[i])
+        diagonals[:, 0] = first_column
+        reversed_columns = _diagonal_prefix_sums_(buffer, sign)
+        if not transposed:  # flip keeps the order of the view's strides: row-major here, column-major for .T
+            return reversed_columns.flip(-1)
+        return reversed_columns.T.index_select(0, torch.arange(columns - 1, -1, -1, device=g.device))  # row-major
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_dense: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (g, h), sign = ctx.saved_tensors, ctx.sign
-        size, columns = grad_dense.shape
-        stacked = grad_dense.new_empty(2, size, columns)
-        stacked[0] = grad_dense.flip(0, 1)
-        rotated = _diagonal_cumsum_(stacked, sign)  # ∂F[a, b] = rotated[N − 1 − a, n − 1 − b]
-        grad_g = -2 * sign * (rotated[:, :-1] @ h[:, size - columns + 1 :].T).flip(0).T
+        rotated = (grad_dense.T if ctx.transposed else grad_dense).flip(0, 1)
+        size, columns = rotated.shape
+        # the diagonals of the rotated ∂W as rows: a strided view of it stacked on sign times its first rows
+        stacked = torch.cat([rotated, sign * rotated[: columns - 1]])
+        buffer = rotated.new_empty(size + columns - 1, columns)
+        buffer[columns - 1 :] = stacked.as_strided((size, columns), (columns, columns + 1))
+        # ∂F[a, b] = sums[N − 1 − a, n − 1 − b], so ∂F's columns reversed are sums' rows reversed
+        grad_f = _diagonal_prefix_sums_(buffer, sign).flip(0)
+        grad_g = -2 * sign * (grad_f[:, 1:] @ h[:, size - columns + 1 :].flip(-1).T).T
         # h[0] enters only c, and h[1 … N − n] only c too
-        grad_h = nn.functional.pad(-2 * sign * g.flip(-1) @ rotated[:, :-1], (size - columns + 1, 0))
-        return rotated[:, -1].flip(0), grad_g, grad_h, None, None
+        grad_h = nn.functional.pad(-2 * sign * (g @ grad_f[:, 1:]).flip(-1), (size - columns + 1, 0))
+        return grad_f[:, 0], grad_g, grad_h, None, None, None
 
 
 class LowDisplacementRank(StructuredMatrix):
@@ -189,16 +206,16 @@ class LowDisplacementRank(StructuredMatrix):
 
     def to_dense(self) -> torch.Tensor:
         """The m × n block by ``LdrDense`` over N × min(m, n): W's first n columns, or for m < n its first m rows
-        as the columns of Wᵀ = Σᵢ Z₋₁(h̃ᵢ) Z₁(g̃ᵢ) (``_reflected``), transposed."""
+        as the columns of Wᵀ = Σᵢ Z₋₁(h̃ᵢ) Z₁(g̃ᵢ) (``_reflected``), transposed in the same pass."""
         dtype, size = fft_dtype(self.weight_g), self.size
         g, h = self.weight_g.to(dtype), self.weight_h.to(dtype)
         if self.out_features >= self.in_features:
             first_column = circulant_matmul(g, h, size).sum(0)  # W e₀ = Σᵢ Z₁(gᵢ) hᵢ
-            dense = LdrDense.apply(first_column, g, h, self.in_features, 1)  # N = out_features rows
+            dense = LdrDense.apply(first_column, g, h, self.in_features, 1, False)  # N = out_features rows
         else:
             g, h = _reflected(g, 1), _reflected(h, -1)
             first_row = negacyclic_ifft((negacyclic_fft(h, size) * negacyclic_fft(g, size)).sum(0), size)
-            dense = LdrDense.apply(first_row, h, g, self.out_features, -1).T.contiguous()
+            dense = LdrDense.apply(first_row, h, g, self.out_features, -1, True)
         return dense.to(self.weight_g.dtype)
 
     @property
