@@ -234,9 +234,10 @@ class LowDisplacementRank(StructuredMatrix):
 
     @property
     def dense_flops(self) -> float:
-        # LdrDense over N × min(m, n) = m × n entries: the product G·Hᵀ, then about ten passes (stack, scan,
-        # select, cut, add); for m < n about seventeen (signs and the transposed copy; measured: 1.6–2.1× the
-        # time of the n < m case of the same size, bench/README.md change 21).
+        # LdrDense over N × min(m, n) = m × n entries: the r Hankel products, then about ten passes; for m < n
+        # about seventeen (measured: 1.6–2.1× the time of the n < m case of the same size, bench/README.md
+        # change 21). Both counts were fitted to the code before change 25 (a stacked copy, a scan and a select,
+        # the transpose after them) and are kept, not refitted: its dense form now costs 15–40 % less.
         passes = 10 if self.out_features >= self.in_features else 17
         return (2 * self.rank + passes * DENSE_PASS_FLOPS) * self.in_features * self.out_features
 
